@@ -1,0 +1,445 @@
+//! Configuration: every setting is a command-line flag and an `EDGEPROXY_*` variable.
+//!
+//! edgeProxy v0.4's variable names keep working (`EDGEPROXY_LISTEN_ADDR`,
+//! `EDGEPROXY_API_LISTEN_ADDR`, `EDGEPROXY_DNS_LISTEN_ADDR`, `EDGEPROXY_DNS_DOMAIN`,
+//! `EDGEPROXY_REGION`, `EDGEPROXY_HEARTBEAT_TTL_SECS`, `EDGEPROXY_API_ENABLED`,
+//! `EDGEPROXY_DNS_ENABLED`, `DEBUG`). v0.4 settings that no longer mean anything here
+//! (`EDGEPROXY_DB_PATH`, `EDGEPROXY_DB_RELOAD_SECS`, `EDGEPROXY_BINDING_*`) are accepted and
+//! ignored with a warning, so an existing environment file starts the hub unchanged.
+//!
+//! Parsing and validation are here; nothing in this module touches a socket.
+
+use crate::geo::{CidrRegion, RegionMap};
+use clap::Parser;
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// The DNS TTL, in seconds, of every answer when not configured.
+pub const DEFAULT_DNS_TTL_SECS: u32 = 5;
+
+/// `PORT=APP`: an extra TCP listener that serves one app only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub port: u16,
+    pub app: String,
+}
+
+impl std::str::FromStr for Route {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (port, app) = s
+            .split_once('=')
+            .ok_or_else(|| format!("invalid route '{s}': expected PORT=APP"))?;
+        let port: u16 = port
+            .trim()
+            .parse()
+            .map_err(|_| format!("invalid route '{s}': port must be 1-65535"))?;
+        if port == 0 {
+            return Err(format!("invalid route '{s}': port must be 1-65535"));
+        }
+        let app = app.trim().to_ascii_lowercase();
+        if !crate::names::is_dns_name(&app) {
+            return Err(format!("invalid route '{s}': app must be DNS-safe labels"));
+        }
+        Ok(Route { port, app })
+    }
+}
+
+/// When to forward with `splice(2)` instead of copying through a buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SpliceMode {
+    /// Always splice through a pipe.
+    Always,
+    /// Never splice: copy through a per-connection buffer.
+    Never,
+}
+
+fn parse_bool(s: &str) -> Result<bool, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(format!(
+            "'{s}' is not a boolean (true/false, 1/0, yes/no, on/off)"
+        )),
+    }
+}
+
+fn parse_region(s: &str) -> Result<String, String> {
+    let r = s.trim().to_ascii_lowercase();
+    if crate::names::is_region_code(&r) {
+        Ok(r)
+    } else {
+        Err(format!(
+            "'{s}' is not a region code (2-16 letters, digits or '-')"
+        ))
+    }
+}
+
+fn parse_zone(s: &str) -> Result<String, String> {
+    let z = s.trim().trim_end_matches('.').to_ascii_lowercase();
+    if crate::names::is_dns_name(&z) {
+        Ok(z)
+    } else {
+        Err(format!("'{s}' is not a DNS zone name"))
+    }
+}
+
+fn parse_region_map(s: &str) -> Result<CidrRegion, String> {
+    s.parse::<CidrRegion>().map_err(|e| e.to_string())
+}
+
+/// edgeproxy: thread-per-core edge proxy hub (TCP forwarding, internal DNS, registration API).
+///
+/// Every flag can also be set by the environment variable named beside it.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "edgeproxy", version, about, long_about = None)]
+pub struct Args {
+    /// Number of shards (pinned executors, one per core). Default: every CPU this process may use.
+    #[arg(long, env = "EDGEPROXY_SHARDS")]
+    pub shards: Option<usize>,
+
+    /// First CPU to pin shard 0 to; shard N goes to the Nth allowed CPU from there.
+    #[arg(long, env = "EDGEPROXY_CPU_OFFSET", default_value_t = 0)]
+    pub cpu_offset: usize,
+
+    /// Address of the TCP proxy that serves every app.
+    #[arg(long, env = "EDGEPROXY_LISTEN_ADDR", default_value = "0.0.0.0:8080")]
+    pub listen_addr: SocketAddr,
+
+    /// Extra TCP listener serving one app: PORT=APP (repeatable; comma-separated in the variable).
+    /// It binds the proxy's host address.
+    #[arg(long = "route", env = "EDGEPROXY_ROUTES", value_delimiter = ',')]
+    pub routes: Vec<Route>,
+
+    /// Address of the registration API (plain HTTP/1.1).
+    #[arg(
+        long,
+        env = "EDGEPROXY_API_LISTEN_ADDR",
+        default_value = "0.0.0.0:8081"
+    )]
+    pub api_listen_addr: SocketAddr,
+
+    /// Serve the registration API.
+    #[arg(long, env = "EDGEPROXY_API_ENABLED", default_value = "true", value_parser = parse_bool, action = clap::ArgAction::Set)]
+    pub api_enabled: bool,
+
+    /// Address of the DNS server (UDP and TCP on the same port).
+    #[arg(
+        long,
+        env = "EDGEPROXY_DNS_LISTEN_ADDR",
+        default_value = "0.0.0.0:5353"
+    )]
+    pub dns_listen_addr: SocketAddr,
+
+    /// Serve DNS.
+    #[arg(long, env = "EDGEPROXY_DNS_ENABLED", default_value = "true", value_parser = parse_bool, action = clap::ArgAction::Set)]
+    pub dns_enabled: bool,
+
+    /// The DNS zone this hub is authoritative for: `<app>.<zone>`.
+    #[arg(long, env = "EDGEPROXY_DNS_DOMAIN", default_value = "internal", value_parser = parse_zone)]
+    pub dns_domain: String,
+
+    /// TTL in seconds of DNS answers (short: answers follow backends coming and going).
+    #[arg(long, env = "EDGEPROXY_DNS_TTL_SECS", default_value_t = DEFAULT_DNS_TTL_SECS)]
+    pub dns_ttl_secs: u32,
+
+    /// Largest UDP DNS response this hub sends, whatever EDNS0 size the client offers.
+    #[arg(long, env = "EDGEPROXY_DNS_MAX_UDP_SIZE", default_value_t = 1232, value_parser = clap::value_parser!(u16).range(512..))]
+    pub dns_max_udp_size: u16,
+
+    /// The hub's own region: second choice after the client's region.
+    #[arg(long, env = "EDGEPROXY_REGION", default_value = "sa", value_parser = parse_region)]
+    pub region: String,
+
+    /// Client subnet → region table: CIDR=REGION (repeatable; comma-separated in the variable).
+    /// Default: the overlay plan 10.50.1.0/24=sa, 10.50.2.0/24=us, 10.50.3.0/24=eu, 10.50.4.0/24=ap.
+    #[arg(long = "region-map", env = "EDGEPROXY_REGION_MAP", value_delimiter = ',', value_parser = parse_region_map)]
+    pub region_map: Vec<CidrRegion>,
+
+    /// Seconds a backend stays live after its last heartbeat (per backend: `ttl_secs`; 0 = forever).
+    #[arg(long, env = "EDGEPROXY_HEARTBEAT_TTL_SECS", default_value_t = 60)]
+    pub heartbeat_ttl_secs: u64,
+
+    /// Seconds an expired backend is kept (unhealthy) before it is deleted.
+    #[arg(long, env = "EDGEPROXY_EXPIRY_GRACE_SECS", default_value_t = 600)]
+    pub expiry_grace_secs: u64,
+
+    /// Milliseconds to wait for a backend to accept a connection before trying the next.
+    #[arg(long, env = "EDGEPROXY_CONNECT_TIMEOUT_MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub connect_timeout_ms: u64,
+
+    /// Backends tried per client connection before giving up.
+    #[arg(long, env = "EDGEPROXY_CONNECT_TRIES", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub connect_tries: u32,
+
+    /// Seconds a forwarded connection may stay silent in both directions before it is closed.
+    #[arg(long, env = "EDGEPROXY_IDLE_TIMEOUT_SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    pub idle_timeout_secs: u64,
+
+    /// Most forwarded connections open at once, per shard; further clients wait in the backlog.
+    #[arg(long, env = "EDGEPROXY_MAX_CONNECTIONS", default_value_t = 100_000)]
+    pub max_connections: usize,
+
+    /// Forwarding method.
+    #[arg(long, env = "EDGEPROXY_SPLICE", value_enum, default_value = "always")]
+    pub splice: SpliceMode,
+
+    /// Listen backlog of the TCP listeners.
+    #[arg(long, env = "EDGEPROXY_BACKLOG", default_value_t = 4096)]
+    pub backlog: i32,
+
+    /// Most API connections open at once; more are answered 503 and closed.
+    #[arg(long, env = "EDGEPROXY_API_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub api_max_connections: usize,
+
+    /// Milliseconds an API client has to send a whole request (headers and body) once it started.
+    #[arg(
+        long,
+        env = "EDGEPROXY_API_REQUEST_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    pub api_request_timeout_ms: u64,
+
+    /// Seconds an idle keep-alive API connection is kept open.
+    #[arg(long, env = "EDGEPROXY_API_IDLE_TIMEOUT_SECS", default_value_t = 60)]
+    pub api_idle_timeout_secs: u64,
+
+    /// Most DNS-over-TCP connections open at once, per shard.
+    #[arg(
+        long,
+        env = "EDGEPROXY_DNS_TCP_MAX_CONNECTIONS",
+        default_value_t = 1024
+    )]
+    pub dns_tcp_max_connections: usize,
+
+    /// Seconds an idle DNS-over-TCP connection is kept open.
+    #[arg(
+        long,
+        env = "EDGEPROXY_DNS_TCP_IDLE_TIMEOUT_SECS",
+        default_value_t = 10
+    )]
+    pub dns_tcp_idle_timeout_secs: u64,
+
+    /// Log level filter when RUST_LOG is not set (error, warn, info, debug, trace). DEBUG=1 means debug.
+    #[arg(long, env = "EDGEPROXY_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+
+    // --- edgeProxy v0.4 settings that no longer apply; accepted so old environments still work.
+    #[arg(long, env = "EDGEPROXY_DB_PATH", hide = true)]
+    pub legacy_db_path: Option<String>,
+    #[arg(long, env = "EDGEPROXY_DB_RELOAD_SECS", hide = true)]
+    pub legacy_db_reload_secs: Option<String>,
+    #[arg(long, env = "EDGEPROXY_BINDING_TTL_SECS", hide = true)]
+    pub legacy_binding_ttl_secs: Option<String>,
+    #[arg(long, env = "EDGEPROXY_BINDING_GC_INTERVAL_SECS", hide = true)]
+    pub legacy_binding_gc_interval_secs: Option<String>,
+}
+
+/// A configuration error: one line for the operator, exit code 2.
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The validated configuration every part of the hub reads.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub shards: usize,
+    /// The CPUs shard 0..shards are pinned to.
+    pub cpus: Vec<usize>,
+    pub listen_addr: SocketAddr,
+    pub routes: Vec<Route>,
+    pub api_listen_addr: Option<SocketAddr>,
+    pub dns_listen_addr: Option<SocketAddr>,
+    pub dns_zone: String,
+    pub dns_ttl_secs: u32,
+    pub dns_max_udp_size: u16,
+    pub region: String,
+    pub region_map: RegionMap,
+    pub heartbeat_ttl_secs: u64,
+    pub expiry_grace_secs: u64,
+    pub connect_timeout: Duration,
+    pub connect_tries: u32,
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+    pub splice: SpliceMode,
+    pub backlog: i32,
+    pub api_max_connections: usize,
+    pub api_request_timeout: Duration,
+    pub api_idle_timeout: Duration,
+    pub dns_tcp_max_connections: usize,
+    pub dns_tcp_idle_timeout: Duration,
+    /// Settings that were given but no longer apply (warned about at startup).
+    pub ignored: Vec<&'static str>,
+}
+
+/// The CPUs this process may run on, in order.
+pub fn allowed_cpus() -> Vec<usize> {
+    crate::sys::allowed_cpus()
+}
+
+impl Config {
+    /// Validates parsed arguments against the CPUs this process may use.
+    pub fn from_args(args: Args, allowed: &[usize]) -> Result<Config, ConfigError> {
+        if allowed.is_empty() {
+            return Err(ConfigError("no CPU is available to this process".into()));
+        }
+        let shards = args
+            .shards
+            .unwrap_or(allowed.len().saturating_sub(args.cpu_offset).max(1));
+        if shards == 0 {
+            return Err(ConfigError("--shards must be at least 1".into()));
+        }
+        if shards > 1024 {
+            return Err(ConfigError(format!("--shards {shards} is more than 1024")));
+        }
+        // More shards than CPUs is allowed (tests, containers) but shards then share cores.
+        let cpus = (0..shards)
+            .map(|i| allowed[(args.cpu_offset + i) % allowed.len()])
+            .collect();
+        let mut seen_ports = std::collections::BTreeSet::new();
+        for r in &args.routes {
+            if !seen_ports.insert(r.port) {
+                return Err(ConfigError(format!("--route: port {} given twice", r.port)));
+            }
+            if r.port == args.listen_addr.port() && args.listen_addr.port() != 0 {
+                return Err(ConfigError(format!(
+                    "--route: port {} is already the proxy's listen port",
+                    r.port
+                )));
+            }
+        }
+        if args.dns_ttl_secs > 86_400 {
+            return Err(ConfigError("--dns-ttl-secs must be at most 86400".into()));
+        }
+        if args.backlog < 1 {
+            return Err(ConfigError("--backlog must be at least 1".into()));
+        }
+        if args.api_max_connections == 0
+            || args.max_connections == 0
+            || args.dns_tcp_max_connections == 0
+        {
+            return Err(ConfigError("connection limits must be at least 1".into()));
+        }
+        let region_map = if args.region_map.is_empty() {
+            RegionMap::overlay_default()
+        } else {
+            RegionMap::new(args.region_map)
+        };
+        let mut ignored = Vec::new();
+        if args.legacy_db_path.is_some() {
+            ignored.push("EDGEPROXY_DB_PATH");
+        }
+        if args.legacy_db_reload_secs.is_some() {
+            ignored.push("EDGEPROXY_DB_RELOAD_SECS");
+        }
+        if args.legacy_binding_ttl_secs.is_some() {
+            ignored.push("EDGEPROXY_BINDING_TTL_SECS");
+        }
+        if args.legacy_binding_gc_interval_secs.is_some() {
+            ignored.push("EDGEPROXY_BINDING_GC_INTERVAL_SECS");
+        }
+        Ok(Config {
+            shards,
+            cpus,
+            listen_addr: args.listen_addr,
+            routes: args.routes,
+            api_listen_addr: args.api_enabled.then_some(args.api_listen_addr),
+            dns_listen_addr: args.dns_enabled.then_some(args.dns_listen_addr),
+            dns_zone: args.dns_domain,
+            dns_ttl_secs: args.dns_ttl_secs,
+            dns_max_udp_size: args.dns_max_udp_size,
+            region: args.region,
+            region_map,
+            heartbeat_ttl_secs: args.heartbeat_ttl_secs,
+            expiry_grace_secs: args.expiry_grace_secs,
+            connect_timeout: Duration::from_millis(args.connect_timeout_ms),
+            connect_tries: args.connect_tries,
+            idle_timeout: Duration::from_secs(args.idle_timeout_secs),
+            max_connections: args.max_connections,
+            splice: args.splice,
+            backlog: args.backlog,
+            api_max_connections: args.api_max_connections,
+            api_request_timeout: Duration::from_millis(args.api_request_timeout_ms.max(1)),
+            api_idle_timeout: Duration::from_secs(args.api_idle_timeout_secs.max(1)),
+            dns_tcp_max_connections: args.dns_tcp_max_connections,
+            dns_tcp_idle_timeout: Duration::from_secs(args.dns_tcp_idle_timeout_secs.max(1)),
+            ignored,
+        })
+    }
+
+    /// A configuration for tests and benchmarks: every listener on 127.0.0.1 port 0.
+    pub fn for_tests(shards: usize) -> Config {
+        let args = Args::parse_from([
+            "edgeproxy",
+            "--listen-addr=127.0.0.1:0",
+            "--api-listen-addr=127.0.0.1:0",
+            "--dns-listen-addr=127.0.0.1:0",
+        ]);
+        let allowed = allowed_cpus();
+        let mut cfg = Config::from_args(args, &allowed).expect("test config is valid");
+        cfg.shards = shards;
+        cfg.cpus = (0..shards).map(|i| allowed[i % allowed.len()]).collect();
+        cfg
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, String> {
+        let mut full = vec!["edgeproxy"];
+        full.extend_from_slice(args);
+        let args = Args::try_parse_from(full).map_err(|e| e.to_string())?;
+        Config::from_args(args, &[0, 1]).map_err(|e| e.0)
+    }
+
+    #[test]
+    fn defaults_match_the_seed() {
+        let cfg = parse(&[]).unwrap();
+        assert_eq!(cfg.listen_addr.port(), 8080);
+        assert_eq!(cfg.api_listen_addr.unwrap().port(), 8081);
+        assert_eq!(cfg.dns_listen_addr.unwrap().port(), 5353);
+        assert_eq!(cfg.dns_zone, "internal");
+        assert_eq!(cfg.dns_ttl_secs, DEFAULT_DNS_TTL_SECS);
+        assert_eq!(cfg.shards, 2);
+        assert_eq!(cfg.cpus, vec![0, 1]);
+        assert_eq!(cfg.heartbeat_ttl_secs, 60);
+    }
+
+    #[test]
+    fn routes_and_validation() {
+        let cfg = parse(&["--route", "9000=Gru.Pop", "--route=9001=iad.pop"]).unwrap();
+        assert_eq!(
+            cfg.routes[0],
+            Route {
+                port: 9000,
+                app: "gru.pop".into()
+            }
+        );
+        assert!(parse(&["--route", "9000"]).is_err());
+        assert!(parse(&["--route", "0=a"]).is_err());
+        assert!(parse(&["--route", "9000=a", "--route", "9000=b"]).is_err());
+        assert!(parse(&["--route", "8080=a"]).is_err());
+        assert!(parse(&["--region", "s"]).is_err());
+        assert!(parse(&["--dns-domain", "bad domain"]).is_err());
+        assert!(parse(&["--shards", "0"]).is_err());
+        assert!(parse(&["--api-enabled", "maybe"]).is_err());
+        assert!(parse(&["--dns-max-udp-size", "100"]).is_err());
+        assert_eq!(
+            parse(&["--dns-domain", "Corp.Internal."]).unwrap().dns_zone,
+            "corp.internal"
+        );
+        assert!(parse(&["--dns-enabled", "false"])
+            .unwrap()
+            .dns_listen_addr
+            .is_none());
+    }
+}

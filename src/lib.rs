@@ -1,0 +1,35 @@
+//! edgeproxy: a thread-per-core edge proxy hub.
+//!
+//! # Layout
+//!
+//! The process runs one pinned glommio executor per core (a *shard*). Every shard binds its own
+//! `SO_REUSEPORT` sockets for the data plane (TCP forwarding, DNS over UDP and TCP) and reads the
+//! registry through an immutable [`registry::Snapshot`] published with `arc-swap`. Exactly one
+//! shard (the *API shard*, shard 0) also owns the mutable [`registry::Registry`], serves the
+//! registration API and republishes the snapshot after every change.
+//!
+//! - [`config`]: command-line flags and `EDGEPROXY_*` variables, validated into a [`config::Config`].
+//! - [`clock`]: the coarse monotonic clock every shard and the registry agree on.
+//! - [`registry`]: `Backend`, the `Registry` (mutations, API shard only) and the `Snapshot`
+//!   (read by every shard, never mutated).
+//! - [`geo`]: client address → region, from the overlay's CIDR table.
+//! - [`select`]: choosing a backend for a client: pure, allocation-free.
+//! - [`dns`]: the DNS responder (pure: query bytes + snapshot → answer bytes) and its servers.
+//! - [`api`]: HTTP/1.1 request reader, routes and JSON for the registration API.
+//! - [`proxy`]: TCP forwarding (splice or copy) with connect retries.
+//! - [`shard`]: spawning pinned executors, binding listeners on every shard, startup errors.
+//!
+//! Nothing on a shard blocks or takes a lock: shared state is either the `ArcSwap` snapshot or
+//! single-writer atomics (see [`registry::BackendLive`]).
+
+pub mod api;
+pub mod clock;
+pub mod config;
+pub mod dns;
+pub mod geo;
+pub mod names;
+pub mod proxy;
+pub mod registry;
+pub mod select;
+pub mod shard;
+pub mod sys;

@@ -1,0 +1,465 @@
+//! The registry of backends.
+//!
+//! - [`Registry`] is owned by the API shard alone (it is `!Sync` by use, not by type: nothing else
+//!   holds a `&mut`). Every mutation is followed by [`Registry::publish`], which builds a new
+//!   immutable [`Snapshot`] and stores it into the shared [`SnapshotCell`].
+//! - [`Snapshot`] is what the data plane reads: every shard loads the current one for the length
+//!   of one decision, never mutates it, never waits for it.
+//! - [`BackendLive`] is the small part of a backend that changes without a republish: the
+//!   heartbeat deadline (written by the API shard only) and the live connection count per shard
+//!   (each slot written by its own shard only). All are relaxed atomics: single writer, no lock.
+
+mod snapshot;
+
+pub use snapshot::{AppGroup, Snapshot, SnapshotCell};
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// A backend as registered: what the API accepted, plus bookkeeping.
+#[derive(Debug)]
+pub struct Backend {
+    pub id: String,
+    /// App name, lower-cased (DNS names are case-insensitive).
+    pub app: String,
+    /// Region code, lower-cased (`sa`, `us`, `eu`, `ap`, or finer codes).
+    pub region: String,
+    /// ISO country code, upper-cased, when given.
+    pub country: Option<String>,
+    pub ip: IpAddr,
+    pub port: u16,
+    /// Relative share of traffic within a tier, 1..=100.
+    pub weight: u32,
+    /// Connections above which the backend is considered loaded (informational for now).
+    pub soft_limit: Option<u32>,
+    /// Connections (over all shards) at which the backend takes no more new ones.
+    pub hard_limit: Option<u32>,
+    /// Heartbeat TTL for this backend: `None` = the hub's default, `Some(0)` = never expires.
+    pub ttl_secs: Option<u64>,
+    /// Wall-clock registration time (Unix ms) of the first registration of this id.
+    pub registered_unix_ms: u64,
+    /// Process-clock time of the first registration of this id.
+    pub registered_ms: u64,
+    /// A stable 64-bit hash of `id`: the backend's key for rendezvous hashing.
+    pub key: u64,
+    pub live: Arc<BackendLive>,
+}
+
+impl Backend {
+    /// Whether the backend's heartbeat deadline is still ahead at `now_ms`.
+    #[inline]
+    pub fn alive(&self, now_ms: u64) -> bool {
+        now_ms < self.live.expires_at_ms.load(Ordering::Relaxed)
+    }
+
+    /// Live connections to this backend summed over every shard.
+    #[inline]
+    pub fn connections(&self) -> u32 {
+        self.live.connections()
+    }
+
+    /// Whether one more connection would stay within the hard limit.
+    #[inline]
+    pub fn has_capacity(&self) -> bool {
+        match self.hard_limit {
+            Some(limit) => self.live.connections() < limit,
+            None => true,
+        }
+    }
+
+    /// Whether this backend may be given new traffic at `now_ms`.
+    #[inline]
+    pub fn eligible(&self, now_ms: u64) -> bool {
+        self.alive(now_ms) && !self.live.draining.load(Ordering::Relaxed) && self.has_capacity()
+    }
+}
+
+/// One shard's counter on its own cache line, so shards never write the same line.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+pub struct ShardCounter(pub AtomicU32);
+
+/// The mutable-without-republish state of a backend (see the module docs).
+#[derive(Debug)]
+pub struct BackendLive {
+    /// Process-clock ms after which the backend is no longer served; `u64::MAX` = never.
+    pub expires_at_ms: AtomicU64,
+    /// Process-clock ms of the last heartbeat or registration.
+    pub last_heartbeat_ms: AtomicU64,
+    /// Set while draining: no new connections or DNS answers.
+    pub draining: AtomicBool,
+    /// Live forwarded connections, one slot per shard, each written only by its shard.
+    conns: Box<[ShardCounter]>,
+}
+
+impl BackendLive {
+    pub fn new(shards: usize) -> Self {
+        BackendLive {
+            expires_at_ms: AtomicU64::new(u64::MAX),
+            last_heartbeat_ms: AtomicU64::new(0),
+            draining: AtomicBool::new(false),
+            conns: (0..shards.max(1))
+                .map(|_| ShardCounter::default())
+                .collect(),
+        }
+    }
+
+    pub fn connections(&self) -> u32 {
+        self.conns
+            .iter()
+            .map(|c| c.0.load(Ordering::Relaxed))
+            .fold(0u32, u32::saturating_add)
+    }
+
+    /// The counter of shard `shard`. Only that shard may modify it.
+    #[inline]
+    pub fn shard_counter(&self, shard: usize) -> &AtomicU32 {
+        &self.conns[shard % self.conns.len()].0
+    }
+}
+
+/// A registration as validated by the API, before it becomes a [`Backend`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendSpec {
+    pub id: String,
+    pub app: String,
+    pub region: String,
+    pub country: Option<String>,
+    pub ip: IpAddr,
+    pub port: u16,
+    pub weight: u32,
+    pub soft_limit: Option<u32>,
+    pub hard_limit: Option<u32>,
+    pub ttl_secs: Option<u64>,
+}
+
+/// Whether a registration created a backend or updated an existing id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Registered {
+    Created,
+    Updated,
+}
+
+/// What one sweep of the registry did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Sweep {
+    /// Ids that missed their heartbeat since the last sweep (now unhealthy).
+    pub expired: Vec<String>,
+    /// Ids deleted because they stayed unhealthy past the grace period.
+    pub removed: Vec<String>,
+}
+
+/// The mutable registry. Lives on the API shard; see the module docs.
+pub struct Registry {
+    backends: BTreeMap<String, Arc<Backend>>,
+    /// Ids already reported as expired (so each expiry is logged once).
+    expired: BTreeMap<String, ()>,
+    shards: usize,
+    default_ttl_ms: u64,
+    grace_ms: u64,
+    version: u64,
+    dirty: bool,
+    cell: Arc<SnapshotCell>,
+}
+
+/// A 64-bit FNV-1a hash followed by a finalizer: stable across runs and processes, so a client
+/// is sent to the same backend by every shard and after every restart.
+pub fn stable_hash(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    mix64(h)
+}
+
+/// The splitmix64 finalizer: spreads every input bit over the whole output.
+#[inline]
+pub fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+impl Registry {
+    /// A registry for `shards` shards publishing into `cell`. `default_ttl_secs` is the heartbeat
+    /// TTL of backends that set none (0 = never expire); `grace_secs` how long an expired
+    /// backend is kept (unhealthy) before it is deleted.
+    pub fn new(
+        shards: usize,
+        default_ttl_secs: u64,
+        grace_secs: u64,
+        cell: Arc<SnapshotCell>,
+    ) -> Self {
+        Registry {
+            backends: BTreeMap::new(),
+            expired: BTreeMap::new(),
+            shards: shards.max(1),
+            default_ttl_ms: default_ttl_secs.saturating_mul(1000),
+            grace_ms: grace_secs.saturating_mul(1000),
+            version: cell.load().version,
+            dirty: false,
+            cell,
+        }
+    }
+
+    fn ttl_ms(&self, backend_ttl_secs: Option<u64>) -> u64 {
+        match backend_ttl_secs {
+            Some(secs) => secs.saturating_mul(1000),
+            None => self.default_ttl_ms,
+        }
+    }
+
+    fn deadline(&self, ttl_ms: u64, now_ms: u64) -> u64 {
+        if ttl_ms == 0 {
+            u64::MAX
+        } else {
+            now_ms.saturating_add(ttl_ms)
+        }
+    }
+
+    /// Registers or updates `spec.id`. Idempotent: re-registering updates in place, keeps the
+    /// live connection counts and the first registration time, and renews the heartbeat.
+    pub fn register(&mut self, spec: BackendSpec, now_ms: u64) -> Registered {
+        let ttl_ms = self.ttl_ms(spec.ttl_secs);
+        let deadline = self.deadline(ttl_ms, now_ms);
+        let (outcome, live, registered_ms, registered_unix_ms) = match self.backends.get(&spec.id) {
+            Some(old) => (
+                Registered::Updated,
+                old.live.clone(),
+                old.registered_ms,
+                old.registered_unix_ms,
+            ),
+            None => (
+                Registered::Created,
+                Arc::new(BackendLive::new(self.shards)),
+                now_ms,
+                crate::clock::unix_ms(),
+            ),
+        };
+        live.expires_at_ms.store(deadline, Ordering::Relaxed);
+        live.last_heartbeat_ms.store(now_ms, Ordering::Relaxed);
+        live.draining.store(false, Ordering::Relaxed);
+        self.expired.remove(&spec.id);
+        let backend = Backend {
+            key: stable_hash(spec.id.as_bytes()),
+            id: spec.id,
+            app: spec.app.to_ascii_lowercase(),
+            region: spec.region.to_ascii_lowercase(),
+            country: spec.country.map(|c| c.to_ascii_uppercase()),
+            ip: spec.ip,
+            port: spec.port,
+            weight: spec.weight,
+            soft_limit: spec.soft_limit,
+            hard_limit: spec.hard_limit,
+            ttl_secs: spec.ttl_secs,
+            registered_unix_ms,
+            registered_ms,
+            live,
+        };
+        self.backends.insert(backend.id.clone(), Arc::new(backend));
+        self.dirty = true;
+        outcome
+    }
+
+    /// Renews the heartbeat of `id`. Needs no republish: the deadline is an atomic every shard
+    /// reads at decision time, so a backend that had expired is served again at once.
+    pub fn heartbeat(&mut self, id: &str, now_ms: u64) -> bool {
+        let Some(backend) = self.backends.get(id) else {
+            return false;
+        };
+        let deadline = self.deadline(self.ttl_ms(backend.ttl_secs), now_ms);
+        backend
+            .live
+            .expires_at_ms
+            .store(deadline, Ordering::Relaxed);
+        backend
+            .live
+            .last_heartbeat_ms
+            .store(now_ms, Ordering::Relaxed);
+        self.expired.remove(id);
+        true
+    }
+
+    /// Removes `id`. Returns whether it existed.
+    pub fn deregister(&mut self, id: &str) -> bool {
+        let existed = self.backends.remove(id).is_some();
+        self.expired.remove(id);
+        self.dirty |= existed;
+        existed
+    }
+
+    pub fn get(&self, id: &str) -> Option<&Arc<Backend>> {
+        self.backends.get(id)
+    }
+
+    /// Every backend, sorted by id.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Backend>> {
+        self.backends.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.backends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.backends.is_empty()
+    }
+
+    pub fn shards(&self) -> usize {
+        self.shards
+    }
+
+    /// The grace period in ms after expiry before deletion.
+    pub fn grace_ms(&self) -> u64 {
+        self.grace_ms
+    }
+
+    /// Notes newly expired backends and deletes those past the grace period.
+    pub fn sweep(&mut self, now_ms: u64) -> Sweep {
+        let mut sweep = Sweep::default();
+        for (id, backend) in &self.backends {
+            let expires = backend.live.expires_at_ms.load(Ordering::Relaxed);
+            if now_ms < expires {
+                continue;
+            }
+            if now_ms >= expires.saturating_add(self.grace_ms) {
+                sweep.removed.push(id.clone());
+            } else if !self.expired.contains_key(id) {
+                sweep.expired.push(id.clone());
+            }
+        }
+        for id in &sweep.expired {
+            self.expired.insert(id.clone(), ());
+        }
+        for id in &sweep.removed {
+            self.backends.remove(id);
+            self.expired.remove(id);
+            self.dirty = true;
+        }
+        sweep
+    }
+
+    /// Whether a change is waiting to be published.
+    pub fn is_dirty(&self) -> bool {
+        self.dirty
+    }
+
+    /// Builds a snapshot of the current registry and makes it the one every shard reads.
+    /// Returns its version.
+    pub fn publish(&mut self) -> u64 {
+        self.version += 1;
+        let snapshot = Snapshot::build(self.version, self.backends.values().cloned().collect());
+        self.cell.store(Arc::new(snapshot));
+        self.dirty = false;
+        self.version
+    }
+
+    /// Publishes only if something changed since the last publish.
+    pub fn publish_if_dirty(&mut self) -> u64 {
+        if self.dirty {
+            self.publish()
+        } else {
+            self.version
+        }
+    }
+
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn spec(id: &str, app: &str, region: &str, ip: &str) -> BackendSpec {
+        BackendSpec {
+            id: id.into(),
+            app: app.into(),
+            region: region.into(),
+            country: None,
+            ip: ip.parse().unwrap(),
+            port: 80,
+            weight: 1,
+            soft_limit: None,
+            hard_limit: None,
+            ttl_secs: None,
+        }
+    }
+
+    fn registry() -> (Registry, Arc<SnapshotCell>) {
+        let cell = Arc::new(SnapshotCell::new());
+        (Registry::new(2, 60, 600, cell.clone()), cell)
+    }
+
+    #[test]
+    fn register_is_idempotent_and_keeps_live_state() {
+        let (mut reg, cell) = registry();
+        assert_eq!(
+            reg.register(spec("a", "App", "SA", "10.0.0.1"), 0),
+            Registered::Created
+        );
+        reg.publish();
+        let first = cell.load().backend_by_id("a").unwrap().clone();
+        first.live.shard_counter(1).store(3, Ordering::Relaxed);
+        assert_eq!(
+            reg.register(spec("a", "app", "sa", "10.0.0.2"), 10),
+            Registered::Updated
+        );
+        reg.publish();
+        let snap = cell.load();
+        let second = snap.backend_by_id("a").unwrap();
+        assert_eq!(second.ip, "10.0.0.2".parse::<IpAddr>().unwrap());
+        assert_eq!(second.app, "app");
+        assert_eq!(second.region, "sa");
+        assert_eq!(second.connections(), 3);
+        assert_eq!(second.registered_ms, 0);
+        assert_eq!(snap.len(), 1);
+    }
+
+    #[test]
+    fn heartbeat_ttl_and_grace() {
+        let (mut reg, _cell) = registry();
+        reg.register(spec("a", "app", "sa", "10.0.0.1"), 1_000);
+        let mut never = spec("b", "app", "sa", "10.0.0.2");
+        never.ttl_secs = Some(0);
+        reg.register(never, 1_000);
+        let a = reg.get("a").unwrap().clone();
+        assert!(a.alive(60_999));
+        assert!(!a.alive(61_000));
+        let sweep = reg.sweep(61_000);
+        assert_eq!(sweep.expired, vec!["a".to_string()]);
+        assert!(sweep.removed.is_empty());
+        // Reported once only.
+        assert!(reg.sweep(62_000).expired.is_empty());
+        // A heartbeat revives it at once.
+        assert!(reg.heartbeat("a", 62_000));
+        assert!(a.alive(62_001));
+        // Past TTL + grace it is deleted; the never-expiring one stays.
+        let sweep = reg.sweep(62_000 + 60_000 + 600_000);
+        assert_eq!(sweep.removed, vec!["a".to_string()]);
+        assert!(reg.get("b").is_some());
+        assert!(reg.is_dirty());
+        assert!(!reg.heartbeat("a", 0));
+    }
+
+    #[test]
+    fn deregister_marks_dirty_only_when_present() {
+        let (mut reg, _cell) = registry();
+        assert!(!reg.deregister("x"));
+        assert!(!reg.is_dirty());
+        reg.register(spec("x", "app", "sa", "10.0.0.1"), 0);
+        reg.publish();
+        assert!(reg.deregister("x"));
+        assert!(reg.is_dirty());
+    }
+
+    #[test]
+    fn stable_hash_is_stable() {
+        assert_eq!(stable_hash(b"pop-gru"), stable_hash(b"pop-gru"));
+        assert_ne!(stable_hash(b"pop-gru"), stable_hash(b"pop-iad"));
+    }
+}

@@ -1,0 +1,386 @@
+//! Shards: one pinned glommio executor per core, each serving its own `SO_REUSEPORT` sockets.
+//!
+//! Startup binds every socket of every shard on the main thread first, so that a port already in
+//! use or a bad address is reported once, as one line, before any executor starts (exit code 2).
+//! Port 0 is resolved by the first bind; the other shards then bind the port it got. Each shard
+//! then turns its sockets into glommio listeners and serves them: the TCP proxy (and one
+//! listener per `--route`), DNS over UDP and TCP. Shard 0 is also the *API shard*: it owns the
+//! [`Registry`], serves the registration API and runs the expiry sweeper.
+//!
+//! A shard never blocks and never locks: it reads the registry through the [`SnapshotCell`].
+
+use crate::config::Config;
+use crate::registry::{Registry, SnapshotCell};
+use glommio::{LocalExecutorBuilder, Placement};
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use std::cell::RefCell;
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, IntoRawFd};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// glommio's own minimum memlock for one executor.
+const MIN_MEMLOCK_PER_SHARD: u64 = 512 * 1024;
+/// Registered io_uring buffer memory per shard: small, since we pass our own buffers.
+const IO_MEMORY_PER_SHARD: usize = 512 * 1024;
+
+/// What every task on a shard shares.
+pub struct ShardCtx {
+    /// This shard's index: 0 is the API shard.
+    pub id: usize,
+    pub shards: usize,
+    pub cfg: Arc<Config>,
+    pub cell: Arc<SnapshotCell>,
+    /// Wall-clock start time of the process (Unix ms).
+    pub started_unix_ms: u64,
+}
+
+/// A startup failure: one line naming the cause and the fix. The process exits with code 2.
+#[derive(Debug)]
+pub struct StartError(pub String);
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The addresses the hub actually listens on (port 0 resolved).
+#[derive(Debug, Clone)]
+pub struct BoundAddrs {
+    pub proxy: SocketAddr,
+    pub routes: Vec<(SocketAddr, String)>,
+    pub api: Option<SocketAddr>,
+    pub dns: Option<SocketAddr>,
+}
+
+/// One shard's sockets, bound and listening, not yet handed to glommio.
+#[derive(Default)]
+struct ShardSockets {
+    /// (listener, app it serves: `None` = every app)
+    proxies: Vec<(Socket, Option<String>)>,
+    dns_udp: Option<Socket>,
+    dns_tcp: Option<Socket>,
+    api: Option<Socket>,
+}
+
+fn bind_error(what: &str, addr: SocketAddr, err: io::Error) -> StartError {
+    let fix = match err.kind() {
+        io::ErrorKind::AddrInUse => format!(
+            ": another process holds it (see `ss -lntup | grep :{}`); stop it or choose another address",
+            addr.port()
+        ),
+        io::ErrorKind::PermissionDenied => {
+            " : ports below 1024 need root or CAP_NET_BIND_SERVICE".to_string()
+        }
+        io::ErrorKind::AddrNotAvailable => ": no local interface has that address".to_string(),
+        _ => String::new(),
+    };
+    StartError(format!("cannot bind {what} on {addr}: {err}{fix}"))
+}
+
+fn tcp_listener(addr: SocketAddr, backlog: i32) -> io::Result<Socket> {
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    sock.set_reuse_address(true)?;
+    sock.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        sock.set_only_v6(false).ok();
+    }
+    // Accepted sockets inherit TCP_NODELAY on Linux: small request/response traffic must not
+    // wait for Nagle.
+    sock.set_nodelay(true)?;
+    sock.bind(&SockAddr::from(addr))?;
+    sock.listen(backlog)?;
+    Ok(sock)
+}
+
+fn udp_socket(addr: SocketAddr) -> io::Result<Socket> {
+    let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    sock.set_reuse_address(true)?;
+    sock.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        sock.set_only_v6(false).ok();
+    }
+    // A burst of queries must not overflow the receive queue; best effort (capped by rmem_max).
+    sock.set_recv_buffer_size(4 << 20).ok();
+    sock.bind(&SockAddr::from(addr))?;
+    Ok(sock)
+}
+
+fn local_addr(sock: &Socket) -> io::Result<SocketAddr> {
+    sock.local_addr()?
+        .as_socket()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::Other, "not an IP socket"))
+}
+
+/// Binds `n` TCP listeners on `addr` (resolving port 0 with the first).
+fn bind_tcp_n(
+    what: &str,
+    addr: SocketAddr,
+    n: usize,
+    backlog: i32,
+) -> Result<(SocketAddr, Vec<Socket>), StartError> {
+    let first = tcp_listener(addr, backlog).map_err(|e| bind_error(what, addr, e))?;
+    let bound = local_addr(&first).map_err(|e| bind_error(what, addr, e))?;
+    let mut socks = vec![first];
+    for _ in 1..n {
+        socks.push(tcp_listener(bound, backlog).map_err(|e| bind_error(what, bound, e))?);
+    }
+    Ok((bound, socks))
+}
+
+/// Binds DNS on UDP and TCP, the same port for both, `n` of each.
+fn bind_dns(
+    addr: SocketAddr,
+    n: usize,
+    backlog: i32,
+) -> Result<(SocketAddr, Vec<Socket>, Vec<Socket>), StartError> {
+    // With port 0 the UDP port the kernel picks may be taken on TCP: try a few.
+    let attempts = if addr.port() == 0 { 16 } else { 1 };
+    let mut last_err = None;
+    for _ in 0..attempts {
+        let first = udp_socket(addr).map_err(|e| bind_error("DNS (udp)", addr, e))?;
+        let bound = local_addr(&first).map_err(|e| bind_error("DNS (udp)", addr, e))?;
+        match tcp_listener(bound, backlog) {
+            Ok(tcp0) => {
+                let mut udp = vec![first];
+                let mut tcp = vec![tcp0];
+                for _ in 1..n {
+                    udp.push(udp_socket(bound).map_err(|e| bind_error("DNS (udp)", bound, e))?);
+                    tcp.push(
+                        tcp_listener(bound, backlog)
+                            .map_err(|e| bind_error("DNS (tcp)", bound, e))?,
+                    );
+                }
+                return Ok((bound, udp, tcp));
+            }
+            Err(e) => last_err = Some(bind_error("DNS (tcp)", bound, e)),
+        }
+    }
+    Err(last_err.expect("at least one attempt"))
+}
+
+/// Binds every listener of every shard.
+fn bind_all(cfg: &Config) -> Result<(BoundAddrs, Vec<ShardSockets>), StartError> {
+    let n = cfg.shards;
+    let mut shards: Vec<ShardSockets> = (0..n).map(|_| ShardSockets::default()).collect();
+
+    let (proxy, socks) = bind_tcp_n("the TCP proxy", cfg.listen_addr, n, cfg.backlog)?;
+    for (s, sock) in shards.iter_mut().zip(socks) {
+        s.proxies.push((sock, None));
+    }
+    let mut routes = Vec::new();
+    for route in &cfg.routes {
+        let addr = SocketAddr::new(cfg.listen_addr.ip(), route.port);
+        let what = format!("the TCP route for {}", route.app);
+        let (bound, socks) = bind_tcp_n(&what, addr, n, cfg.backlog)?;
+        for (s, sock) in shards.iter_mut().zip(socks) {
+            s.proxies.push((sock, Some(route.app.clone())));
+        }
+        routes.push((bound, route.app.clone()));
+    }
+    let dns = match cfg.dns_listen_addr {
+        Some(addr) => {
+            let (bound, udp, tcp) = bind_dns(addr, n, cfg.backlog)?;
+            for ((s, u), t) in shards.iter_mut().zip(udp).zip(tcp) {
+                s.dns_udp = Some(u);
+                s.dns_tcp = Some(t);
+            }
+            Some(bound)
+        }
+        None => None,
+    };
+    let api = match cfg.api_listen_addr {
+        Some(addr) => {
+            let (bound, mut socks) = bind_tcp_n("the API", addr, 1, 1024)?;
+            shards[0].api = socks.pop();
+            Some(bound)
+        }
+        None => None,
+    };
+    Ok((
+        BoundAddrs {
+            proxy,
+            routes,
+            api,
+            dns,
+        },
+        shards,
+    ))
+}
+
+fn check_memlock(shards: usize) -> Result<(), StartError> {
+    let limit = crate::sys::memlock_limit()
+        .map_err(|e| StartError(format!("cannot read the memlock limit: {e}")))?;
+    let needed = MIN_MEMLOCK_PER_SHARD;
+    if limit < needed {
+        return Err(StartError(format!(
+            "the memlock limit is {} KiB; io_uring needs at least {} KiB per process ({} shards): \
+             raise it (`ulimit -l {}`, LimitMEMLOCK= in the systemd unit, or memlock in /etc/security/limits.conf)",
+            limit / 1024,
+            needed / 1024,
+            shards,
+            (needed * shards as u64 * 2) / 1024
+        )));
+    }
+    Ok(())
+}
+
+/// A running hub: its addresses, and the handles to wait for its shards.
+pub struct Hub {
+    pub addrs: BoundAddrs,
+    pub cell: Arc<SnapshotCell>,
+    handles: Vec<glommio::ExecutorJoinHandle<()>>,
+}
+
+impl Hub {
+    /// Waits until every shard has stopped.
+    pub fn join(self) -> Result<(), StartError> {
+        let mut result = Ok(());
+        for h in self.handles {
+            if let Err(e) = h.join() {
+                result = Err(StartError(format!("a shard failed: {e}")));
+            }
+        }
+        result
+    }
+}
+
+/// Binds every socket, starts every shard, and returns once every shard is serving.
+pub fn start(cfg: Config) -> Result<Hub, StartError> {
+    crate::clock::init();
+    check_memlock(cfg.shards)?;
+    match crate::sys::raise_nofile_limit() {
+        Ok(n) if n < 65_536 => log::warn!(
+            "the open-files limit is {n}: each forwarded connection needs 2 (more when splicing); raise LimitNOFILE"
+        ),
+        Ok(_) => {}
+        Err(e) => log::warn!("cannot raise the open-files limit: {e}"),
+    }
+    let (addrs, sockets) = bind_all(&cfg)?;
+    let cfg = Arc::new(cfg);
+    let cell = Arc::new(SnapshotCell::new());
+    let started_unix_ms = crate::clock::unix_ms();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<usize, String>>();
+    let mut handles = Vec::with_capacity(cfg.shards);
+    for (id, socks) in sockets.into_iter().enumerate() {
+        let ctx = ShardCtx {
+            id,
+            shards: cfg.shards,
+            cfg: cfg.clone(),
+            cell: cell.clone(),
+            started_unix_ms,
+        };
+        let ready = ready_tx.clone();
+        let builder = LocalExecutorBuilder::new(Placement::Fixed(cfg.cpus[id]))
+            .name(&format!("shard-{id}"))
+            .io_memory(IO_MEMORY_PER_SHARD)
+            .preempt_timer(Duration::from_millis(10));
+        let handle = builder
+            .spawn(move || async move { run_shard(ctx, socks, ready).await })
+            .map_err(|e| StartError(format!("cannot start shard {id}: {e}")))?;
+        handles.push(handle);
+    }
+    drop(ready_tx);
+    for _ in 0..cfg.shards {
+        match ready_rx.recv() {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(StartError(e)),
+            Err(_) => return Err(StartError("a shard stopped during startup".into())),
+        }
+    }
+    Ok(Hub {
+        addrs,
+        cell,
+        handles,
+    })
+}
+
+/// Converts a bound socket into a glommio listener on the current executor.
+fn glommio_tcp(sock: Socket) -> glommio::net::TcpListener {
+    // SAFETY: the fd comes from `into_raw_fd`, so it is open, a listening TCP socket, and owned
+    // by nobody else; the listener takes ownership and closes it on drop.
+    unsafe { glommio::net::TcpListener::from_raw_fd(sock.into_raw_fd()) }
+}
+
+fn glommio_udp(sock: Socket) -> glommio::net::UdpSocket {
+    // SAFETY: as above, a bound UDP socket whose ownership moves into the glommio socket.
+    unsafe { glommio::net::UdpSocket::from_raw_fd(sock.into_raw_fd()) }
+}
+
+async fn run_shard(
+    ctx: ShardCtx,
+    socks: ShardSockets,
+    ready: std::sync::mpsc::Sender<Result<usize, String>>,
+) {
+    let ctx = Rc::new(ctx);
+    let mut tasks = Vec::new();
+    for (sock, app) in socks.proxies {
+        let listener = glommio_tcp(sock);
+        tasks.push(glommio::spawn_local(crate::proxy::serve(
+            ctx.clone(),
+            listener,
+            app.map(Rc::from),
+        )));
+    }
+    if let Some(sock) = socks.dns_udp {
+        tasks.push(glommio::spawn_local(crate::dns::serve_udp(
+            ctx.clone(),
+            glommio_udp(sock),
+        )));
+    }
+    if let Some(sock) = socks.dns_tcp {
+        tasks.push(glommio::spawn_local(crate::dns::serve_tcp(
+            ctx.clone(),
+            glommio_tcp(sock),
+        )));
+    }
+    if ctx.id == 0 {
+        let registry = Rc::new(RefCell::new(Registry::new(
+            ctx.shards,
+            ctx.cfg.heartbeat_ttl_secs,
+            ctx.cfg.expiry_grace_secs,
+            ctx.cell.clone(),
+        )));
+        tasks.push(glommio::spawn_local(crate::api::sweeper(
+            ctx.clone(),
+            registry.clone(),
+        )));
+        if let Some(sock) = socks.api {
+            tasks.push(glommio::spawn_local(crate::api::serve(
+                ctx.clone(),
+                glommio_tcp(sock),
+                registry,
+            )));
+        }
+    }
+    let _ = ready.send(Ok(ctx.id));
+    drop(ready);
+    for t in tasks {
+        t.await;
+    }
+}
+
+/// Logs one line per listener.
+pub fn log_listeners(cfg: &Config, addrs: &BoundAddrs) {
+    let n = cfg.shards;
+    log::info!(
+        "tcp proxy listening on {} (every app), {n} shards",
+        addrs.proxy
+    );
+    for (addr, app) in &addrs.routes {
+        log::info!("tcp route listening on {addr} (app {app}), {n} shards");
+    }
+    if let Some(dns) = addrs.dns {
+        log::info!(
+            "dns listening on {dns} udp+tcp (zone {}), {n} shards",
+            cfg.dns_zone
+        );
+    }
+    if let Some(api) = addrs.api {
+        log::info!("api listening on {api}, api shard 0");
+    }
+}
