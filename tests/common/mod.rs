@@ -29,6 +29,8 @@ pub struct Hub {
     pub dns: SocketAddr,
     /// (address, app) of every `--route` listener.
     pub routes: Vec<(SocketAddr, String)>,
+    /// Log lines printed up to and including the `ready:` line.
+    pub startup_log: Vec<String>,
     /// Log lines printed after `ready:` (drained on demand).
     logs: mpsc::Receiver<String>,
 }
@@ -76,6 +78,7 @@ impl Hub {
         loop {
             match rx.recv_timeout(STEP) {
                 Ok(line) => {
+                    seen.push(line.clone());
                     if line.contains(" ready: ") {
                         let addr = |k: &str| -> SocketAddr {
                             field(&line, k)
@@ -96,11 +99,11 @@ impl Hub {
                             api: addr("api="),
                             dns: addr("dns="),
                             routes,
+                            startup_log: seen,
                             child,
                             logs: rx,
                         };
                     }
-                    seen.push(line);
                 }
                 Err(_) => {
                     let _ = child.kill();
