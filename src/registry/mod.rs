@@ -13,7 +13,7 @@ mod snapshot;
 
 pub use snapshot::{AppGroup, Snapshot, SnapshotCell};
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -154,6 +154,12 @@ pub struct Sweep {
 /// The mutable registry. Lives on the API shard; see the module docs.
 pub struct Registry {
     backends: BTreeMap<String, Arc<Backend>>,
+    /// The same backends grouped by app, each group in id order.
+    apps: HashMap<Arc<str>, BTreeMap<String, Arc<Backend>>>,
+    /// Apps whose membership changed since the last publish.
+    dirty_apps: BTreeSet<Arc<str>>,
+    /// The last published snapshot, which the next one is built from.
+    current: Arc<Snapshot>,
     /// Ids already reported as expired (so each expiry is logged once).
     expired: BTreeMap<String, ()>,
     shards: usize,
@@ -193,13 +199,17 @@ impl Registry {
         grace_secs: u64,
         cell: Arc<SnapshotCell>,
     ) -> Self {
+        let current = cell.load_full();
         Registry {
             backends: BTreeMap::new(),
+            apps: HashMap::new(),
+            dirty_apps: BTreeSet::new(),
+            current,
             expired: BTreeMap::new(),
             shards: shards.max(1),
             default_ttl_ms: default_ttl_secs.saturating_mul(1000),
             grace_ms: grace_secs.saturating_mul(1000),
-            version: cell.load().version,
+            version: 0,
             dirty: false,
             cell,
         }
@@ -226,12 +236,16 @@ impl Registry {
         let ttl_ms = self.ttl_ms(spec.ttl_secs);
         let deadline = self.deadline(ttl_ms, now_ms);
         let (outcome, live, registered_ms, registered_unix_ms) = match self.backends.get(&spec.id) {
-            Some(old) => (
-                Registered::Updated,
-                old.live.clone(),
-                old.registered_ms,
-                old.registered_unix_ms,
-            ),
+            Some(old) => {
+                let old = old.clone();
+                self.leave_app(&old);
+                (
+                    Registered::Updated,
+                    old.live.clone(),
+                    old.registered_ms,
+                    old.registered_unix_ms,
+                )
+            }
             None => (
                 Registered::Created,
                 Arc::new(BackendLive::new(self.shards)),
@@ -259,7 +273,9 @@ impl Registry {
             registered_ms,
             live,
         };
-        self.backends.insert(backend.id.clone(), Arc::new(backend));
+        let backend = Arc::new(backend);
+        self.join_app(&backend);
+        self.backends.insert(backend.id.clone(), backend);
         self.dirty = true;
         outcome
     }
@@ -285,10 +301,39 @@ impl Registry {
 
     /// Removes `id`. Returns whether it existed.
     pub fn deregister(&mut self, id: &str) -> bool {
-        let existed = self.backends.remove(id).is_some();
+        let Some(old) = self.backends.remove(id) else {
+            return false;
+        };
+        self.leave_app(&old);
         self.expired.remove(id);
-        self.dirty |= existed;
-        existed
+        self.dirty = true;
+        true
+    }
+
+    fn join_app(&mut self, backend: &Arc<Backend>) {
+        let app: Arc<str> = match self.apps.get_key_value(backend.app.as_str()) {
+            Some((k, _)) => k.clone(),
+            None => Arc::from(backend.app.as_str()),
+        };
+        self.apps
+            .entry(app.clone())
+            .or_default()
+            .insert(backend.id.clone(), backend.clone());
+        self.dirty_apps.insert(app);
+    }
+
+    fn leave_app(&mut self, backend: &Backend) {
+        let app: Arc<str> = match self.apps.get_key_value(backend.app.as_str()) {
+            Some((k, _)) => k.clone(),
+            None => return,
+        };
+        if let Some(members) = self.apps.get_mut(&app) {
+            members.remove(&backend.id);
+            if members.is_empty() {
+                self.apps.remove(&app);
+            }
+        }
+        self.dirty_apps.insert(app);
     }
 
     pub fn get(&self, id: &str) -> Option<&Arc<Backend>> {
@@ -335,7 +380,9 @@ impl Registry {
             self.expired.insert(id.clone(), ());
         }
         for id in &sweep.removed {
-            self.backends.remove(id);
+            if let Some(old) = self.backends.remove(id) {
+                self.leave_app(&old);
+            }
             self.expired.remove(id);
             self.dirty = true;
         }
@@ -351,8 +398,18 @@ impl Registry {
     /// Returns its version.
     pub fn publish(&mut self) -> u64 {
         self.version += 1;
-        let snapshot = Snapshot::build(self.version, self.backends.values().cloned().collect());
-        self.cell.store(Arc::new(snapshot));
+        let dirty = std::mem::take(&mut self.dirty_apps);
+        let changed = dirty.into_iter().map(|app| {
+            let members = self
+                .apps
+                .get(&app)
+                .map(|m| m.values().cloned().collect())
+                .unwrap_or_default();
+            (app, members)
+        });
+        let snapshot = Arc::new(Snapshot::next(&self.current, self.version, changed));
+        self.current = snapshot.clone();
+        self.cell.store(snapshot);
         self.dirty = false;
         self.version
     }
@@ -403,7 +460,7 @@ mod tests {
             Registered::Created
         );
         reg.publish();
-        let first = cell.load().backend_by_id("a").unwrap().clone();
+        let first = cell.load().find("a").unwrap().clone();
         first.live.shard_counter(1).store(3, Ordering::Relaxed);
         assert_eq!(
             reg.register(spec("a", "app", "sa", "10.0.0.2"), 10),
@@ -411,7 +468,7 @@ mod tests {
         );
         reg.publish();
         let snap = cell.load();
-        let second = snap.backend_by_id("a").unwrap();
+        let second = snap.find("a").unwrap();
         assert_eq!(second.ip, "10.0.0.2".parse::<IpAddr>().unwrap());
         assert_eq!(second.app, "app");
         assert_eq!(second.region, "sa");
@@ -455,6 +512,42 @@ mod tests {
         reg.publish();
         assert!(reg.deregister("x"));
         assert!(reg.is_dirty());
+    }
+
+    #[test]
+    fn publish_rebuilds_only_changed_apps() {
+        let (mut reg, cell) = registry();
+        reg.register(spec("a1", "a", "sa", "10.0.0.1"), 0);
+        reg.register(spec("b1", "b", "sa", "10.0.0.2"), 0);
+        reg.publish();
+        let before = cell.load_full();
+        reg.register(spec("a2", "a", "eu", "10.0.0.3"), 0);
+        reg.publish();
+        let after = cell.load_full();
+        assert_eq!(after.len(), 3);
+        assert!(std::ptr::eq(
+            before.app("b").unwrap(),
+            after.app("b").unwrap()
+        ));
+        assert_eq!(after.app("a").unwrap().backends().len(), 2);
+        // Moving a backend to another app leaves the old one.
+        reg.register(spec("a2", "b", "eu", "10.0.0.3"), 0);
+        reg.publish();
+        let moved = cell.load_full();
+        assert_eq!(moved.app("a").unwrap().backends().len(), 1);
+        assert_eq!(moved.app("b").unwrap().backends().len(), 2);
+        assert_eq!(
+            moved.app("b").unwrap().region_names().collect::<Vec<_>>(),
+            ["eu", "sa"]
+        );
+        // The last member leaving removes the app.
+        reg.deregister("a1");
+        reg.publish();
+        let gone = cell.load_full();
+        assert!(gone.app("a").is_none());
+        assert_eq!(gone.groups().len(), 1);
+        assert_eq!(gone.len(), 2);
+        assert_eq!(gone.version, 4);
     }
 
     #[test]
