@@ -16,6 +16,7 @@ pub struct AppGroup {
     /// Every member, in id order.
     pub members: Box<[u32]>,
     /// Members per region (lower-case region code), regions in name order.
+    #[allow(clippy::type_complexity)]
     pub regions: Box<[(Box<str>, Box<[u32]>)]>,
 }
 
