@@ -173,7 +173,7 @@ fn skip_name(packet: &[u8], at: usize) -> Result<usize, Malformed> {
 }
 
 /// Skips one resource record at `at`; returns (offset after it, type, name was the root).
-fn skip_record(packet: &[u8], at: usize) -> Result<(usize, u16, bool), Malformed> {
+pub(crate) fn skip_record(packet: &[u8], at: usize) -> Result<(usize, u16, bool), Malformed> {
     let after_name = skip_name(packet, at)?;
     let rtype = read_u16(packet, after_name)?;
     let rdlen = usize::from(read_u16(packet, after_name + 8)?);

@@ -379,3 +379,720 @@ fn has_apps_below(snap: &Snapshot, name: &str) -> bool {
             && app.as_bytes()[app.len() - name.len() - 1] == b'.'
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dns::wire::{FLAG_TC, HEADER_LEN};
+    use crate::registry::{BackendSpec, Registry, SnapshotCell};
+    use dns_parser::{Packet, RData, ResponseCode};
+    use std::net::{Ipv4Addr, Ipv6Addr};
+    use std::sync::Arc;
+
+    const SEED: [(&str, &str, &str, &str); 10] = [
+        ("pop-gru", "gru.pop", "sa", "10.50.1.1"),
+        ("pop-iad", "iad.pop", "us", "10.50.2.1"),
+        ("pop-ord", "ord.pop", "us", "10.50.2.2"),
+        ("pop-lax", "lax.pop", "us", "10.50.2.3"),
+        ("pop-lhr", "lhr.pop", "eu", "10.50.3.1"),
+        ("pop-fra", "fra.pop", "eu", "10.50.3.2"),
+        ("pop-cdg", "cdg.pop", "eu", "10.50.3.3"),
+        ("pop-nrt", "nrt.pop", "ap", "10.50.4.1"),
+        ("pop-sin", "sin.pop", "ap", "10.50.4.2"),
+        ("pop-syd", "syd.pop", "ap", "10.50.4.3"),
+    ];
+
+    fn spec(id: &str, app: &str, region: &str, ip: &str) -> BackendSpec {
+        BackendSpec {
+            id: id.into(),
+            app: app.into(),
+            region: region.into(),
+            country: None,
+            ip: ip.parse().unwrap(),
+            port: 80,
+            weight: 1,
+            soft_limit: None,
+            hard_limit: None,
+            ttl_secs: Some(60),
+        }
+    }
+
+    /// A registry holding `specs`, registered at time 0 (heartbeat TTL 60 s), published.
+    fn snapshot(specs: &[BackendSpec]) -> (Registry, Arc<SnapshotCell>) {
+        let cell = Arc::new(SnapshotCell::new());
+        let mut reg = Registry::new(2, 60, 600, cell.clone());
+        for s in specs {
+            reg.register(s.clone(), 0);
+        }
+        reg.publish();
+        (reg, cell)
+    }
+
+    fn seed() -> (Registry, Arc<SnapshotCell>) {
+        let specs: Vec<_> = SEED
+            .iter()
+            .map(|(id, app, region, ip)| spec(id, app, region, ip))
+            .collect();
+        snapshot(&specs)
+    }
+
+    fn zone() -> Zone {
+        Zone::new("internal", 5, 1232, "sa", RegionMap::overlay_default())
+    }
+
+    /// EDNS of a query: (UDP size, version, DO).
+    type EdnsSpec = (u16, u8, bool);
+
+    fn query_with(id: u16, flags: u16, name: &str, qtype: u16, qclass: u16) -> Vec<u8> {
+        let mut p = Vec::new();
+        p.extend_from_slice(&id.to_be_bytes());
+        p.extend_from_slice(&flags.to_be_bytes());
+        p.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, 0]);
+        for label in name.split('.').filter(|l| !l.is_empty()) {
+            p.push(label.len() as u8);
+            p.extend_from_slice(label.as_bytes());
+        }
+        p.push(0);
+        p.extend_from_slice(&qtype.to_be_bytes());
+        p.extend_from_slice(&qclass.to_be_bytes());
+        p
+    }
+
+    fn add_edns(p: &mut Vec<u8>, (size, version, dnssec_ok): EdnsSpec) {
+        p[11] += 1;
+        p.extend_from_slice(&[0, 0, 41]);
+        p.extend_from_slice(&size.to_be_bytes());
+        p.extend_from_slice(&[0, version]);
+        p.extend_from_slice(&(if dnssec_ok { 0x8000u16 } else { 0 }).to_be_bytes());
+        p.extend_from_slice(&[0, 0]);
+    }
+
+    /// A standard query with RD set.
+    fn query(name: &str, qtype: u16) -> Vec<u8> {
+        query_with(0xbeef, FLAG_RD, name, qtype, CLASS_IN)
+    }
+
+    fn exchange(client: &str, transport: Transport) -> Exchange {
+        Exchange {
+            client: client.parse().unwrap(),
+            server: Some("127.0.0.53".parse().unwrap()),
+            transport,
+            now_ms: 1_000,
+        }
+    }
+
+    const UDP: Transport = Transport::Udp { max_size: 1232 };
+
+    fn ask_with(cell: &SnapshotCell, packet: &[u8], ex: &Exchange) -> (Outcome, Vec<u8>) {
+        let mut out = Vec::new();
+        let outcome = respond(packet, &zone(), &cell.load(), ex, &mut out);
+        (outcome, out)
+    }
+
+    fn ask(cell: &SnapshotCell, packet: &[u8]) -> (Outcome, Vec<u8>) {
+        ask_with(cell, packet, &exchange("10.50.1.77", UDP))
+    }
+
+    fn only_ip(p: &Packet<'_>) -> IpAddr {
+        assert_eq!(p.answers.len(), 1, "{p:?}");
+        match p.answers[0].data {
+            RData::A(ref a) => IpAddr::V4(a.0),
+            RData::AAAA(ref a) => IpAddr::V6(a.0),
+            ref other => panic!("not an address: {other:?}"),
+        }
+    }
+
+    fn check_soa(p: &Packet<'_>, serial: u64) {
+        assert_eq!(p.nameservers.len(), 1, "{p:?}");
+        let rr = &p.nameservers[0];
+        assert_eq!(rr.name.to_string().to_ascii_lowercase(), "internal");
+        assert_eq!(rr.ttl, 5);
+        match rr.data {
+            RData::SOA(ref soa) => {
+                assert_eq!(soa.primary_ns.to_string().to_lowercase(), "ns.internal");
+                assert_eq!(
+                    soa.mailbox.to_string().to_lowercase(),
+                    "hostmaster.internal"
+                );
+                assert_eq!(u64::from(soa.serial), serial);
+                assert_eq!(soa.minimum_ttl, 5);
+            }
+            ref other => panic!("not an SOA: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_seed_name_resolves_to_exactly_its_backend() {
+        let (_reg, cell) = seed();
+        let clients = [
+            "10.50.1.9",
+            "10.50.2.9",
+            "10.50.3.9",
+            "10.50.4.9",
+            "127.0.0.1",
+            "::1",
+        ];
+        for (_, app, _, ip) in SEED {
+            for client in clients {
+                for transport in [UDP, Transport::Tcp] {
+                    let q = query(&format!("{app}.internal"), TYPE_A);
+                    let (outcome, out) = ask_with(&cell, &q, &exchange(client, transport));
+                    assert_eq!(
+                        outcome,
+                        Outcome::Answered {
+                            rcode: Rcode::NoError,
+                            truncated: false
+                        }
+                    );
+                    let p = Packet::parse(&out).unwrap();
+                    assert_eq!(p.header.id, 0xbeef);
+                    assert!(!p.header.query);
+                    assert!(p.header.authoritative);
+                    assert!(p.header.recursion_desired);
+                    assert!(!p.header.recursion_available);
+                    assert_eq!(p.header.response_code, ResponseCode::NoError);
+                    assert_eq!(only_ip(&p), ip.parse::<IpAddr>().unwrap(), "{app}");
+                    assert_eq!(p.answers[0].ttl, 5);
+                    assert_eq!(p.answers[0].name.to_string(), format!("{app}.internal"));
+                    assert!(p.nameservers.is_empty() && p.additional.is_empty());
+                    assert!(p.opt.is_none());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn client_case_is_echoed() {
+        let (_reg, cell) = seed();
+        let q = query("GrU.PoP.InTeRnAl", TYPE_A);
+        let (_, out) = ask(&cell, &q);
+        // The question section is the client's bytes exactly.
+        assert_eq!(&out[HEADER_LEN..q.len()], &q[HEADER_LEN..]);
+        let p = Packet::parse(&out).unwrap();
+        assert_eq!(p.questions[0].qname.to_string(), "GrU.PoP.InTeRnAl");
+        assert_eq!(p.answers[0].name.to_string(), "GrU.PoP.InTeRnAl");
+        assert_eq!(only_ip(&p), IpAddr::V4(Ipv4Addr::new(10, 50, 1, 1)));
+    }
+
+    #[test]
+    fn unknown_names_are_nxdomain_with_soa() {
+        let (reg, cell) = seed();
+        for name in [
+            "nope.internal",
+            "x.gru.pop.internal",
+            "gru.internal",
+            "pop-gru.internal",
+            "gru_pop.internal",
+        ] {
+            let (outcome, out) = ask(&cell, &query(name, TYPE_A));
+            assert_eq!(
+                outcome,
+                Outcome::Answered {
+                    rcode: Rcode::NxDomain,
+                    truncated: false
+                },
+                "{name}"
+            );
+            let p = Packet::parse(&out).unwrap();
+            assert_eq!(p.header.response_code, ResponseCode::NameError);
+            assert!(p.header.authoritative);
+            assert!(p.answers.is_empty());
+            check_soa(&p, reg.version());
+        }
+    }
+
+    #[test]
+    fn a_name_with_apps_below_is_an_empty_non_terminal() {
+        let (reg, cell) = seed();
+        let (_, out) = ask(&cell, &query("pop.internal", TYPE_A));
+        let p = Packet::parse(&out).unwrap();
+        assert_eq!(p.header.response_code, ResponseCode::NoError);
+        assert!(p.answers.is_empty());
+        check_soa(&p, reg.version());
+    }
+
+    #[test]
+    fn other_types_on_an_app_are_nodata() {
+        let (reg, cell) = seed();
+        // MX, TXT, SRV, AAAA (the backend is IPv4), and HTTPS (65), which dns-parser cannot
+        // even parse: checked by hand below.
+        for qtype in [15, 16, 33, TYPE_AAAA, TYPE_NS, TYPE_SOA] {
+            let (outcome, out) = ask(&cell, &query("gru.pop.internal", qtype));
+            assert_eq!(
+                outcome,
+                Outcome::Answered {
+                    rcode: Rcode::NoError,
+                    truncated: false
+                }
+            );
+            let p = Packet::parse(&out).unwrap();
+            assert!(p.answers.is_empty(), "type {qtype}");
+            assert!(p.header.authoritative);
+            check_soa(&p, reg.version());
+        }
+        let q = query("gru.pop.internal", 65);
+        let (outcome, out) = ask(&cell, &q);
+        assert_eq!(
+            outcome,
+            Outcome::Answered {
+                rcode: Rcode::NoError,
+                truncated: false
+            }
+        );
+        assert_eq!(&out[4..12], &[0, 1, 0, 0, 0, 1, 0, 0]);
+        assert_eq!(&out[HEADER_LEN..q.len()], &q[HEADER_LEN..]);
+        // ANY gets the address.
+        let (_, out) = ask(&cell, &query("gru.pop.internal", TYPE_ANY));
+        let p = Packet::parse(&out).unwrap();
+        assert_eq!(only_ip(&p), IpAddr::V4(Ipv4Addr::new(10, 50, 1, 1)));
+    }
+
+    #[test]
+    fn names_outside_the_zone_and_other_classes_are_refused() {
+        let (_reg, cell) = seed();
+        for q in [
+            query("example.com", TYPE_A),
+            query("internal.example", TYPE_A),
+            query("gru.pop.xinternal", TYPE_A),
+            query("", TYPE_NS),
+            query_with(7, 0, "gru.pop.internal", TYPE_A, 3),
+            query_with(7, 0, "version.bind", 16, 3),
+        ] {
+            let (outcome, out) = ask(&cell, &q);
+            assert_eq!(
+                outcome,
+                Outcome::Answered {
+                    rcode: Rcode::Refused,
+                    truncated: false
+                }
+            );
+            let p = Packet::parse(&out).unwrap();
+            assert_eq!(p.header.response_code, ResponseCode::Refused);
+            assert!(!p.header.authoritative && !p.header.recursion_available);
+            assert!(p.answers.is_empty() && p.nameservers.is_empty());
+            assert_eq!(p.questions.len(), 1);
+        }
+        // Class ANY is served like IN.
+        let q = query_with(7, 0, "gru.pop.internal", TYPE_A, CLASS_ANY);
+        let p_out = ask(&cell, &q).1;
+        assert_eq!(
+            only_ip(&Packet::parse(&p_out).unwrap()),
+            IpAddr::V4(Ipv4Addr::new(10, 50, 1, 1))
+        );
+    }
+
+    #[test]
+    fn other_opcodes_and_zone_transfers_are_notimp() {
+        let (_reg, cell) = seed();
+        for opcode in [1u16, 2, 4, 5, 15] {
+            let q = query_with(0x4242, opcode << 11, "gru.pop.internal", TYPE_A, CLASS_IN);
+            let (outcome, out) = ask(&cell, &q);
+            assert_eq!(
+                outcome,
+                Outcome::Answered {
+                    rcode: Rcode::NotImp,
+                    truncated: false
+                }
+            );
+            let p = Packet::parse(&out).unwrap();
+            assert_eq!(p.header.id, 0x4242);
+            assert_eq!(Into::<u16>::into(p.header.opcode), opcode);
+            assert_eq!(p.header.response_code, ResponseCode::NotImplemented);
+            assert!(p.answers.is_empty());
+        }
+        let (outcome, _) = ask(&cell, &query("internal", TYPE_AXFR));
+        assert!(matches!(
+            outcome,
+            Outcome::Answered {
+                rcode: Rcode::NotImp,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn malformed_queries_get_formerr_with_id_and_opcode() {
+        let (_reg, cell) = seed();
+        let good = query("gru.pop.internal", TYPE_A);
+        let mut no_question = good[..HEADER_LEN].to_vec();
+        no_question[5] = 0;
+        let mut two_questions = good.clone();
+        two_questions[5] = 2;
+        let cut = good[..good.len() - 3].to_vec();
+        let mut pointer = good[..HEADER_LEN].to_vec();
+        pointer.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1]);
+        let mut bad_label = good.clone();
+        bad_label[HEADER_LEN] = 0x43;
+        let mut opt_type = query("gru.pop.internal", TYPE_OPT);
+        opt_type[1] = 0xef;
+        for q in [
+            no_question,
+            two_questions,
+            cut,
+            pointer,
+            bad_label,
+            opt_type,
+        ] {
+            let (outcome, out) = ask(&cell, &q);
+            assert_eq!(
+                outcome,
+                Outcome::Answered {
+                    rcode: Rcode::FormErr,
+                    truncated: false
+                },
+                "{q:?}"
+            );
+            assert_eq!(&out[..2], &[0xbe, 0xef]);
+            assert_eq!(out[2], 0x80 | 0x01, "QR, opcode 0, RD copied");
+            assert_eq!(out[3] & 0x0f, 1);
+            check_structure(&out);
+            if dns_parser_reads_question(&out) {
+                Packet::parse(&out).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn short_packets_and_responses_get_silence() {
+        let (_reg, cell) = seed();
+        let good = query("gru.pop.internal", TYPE_A);
+        let mut response = good.clone();
+        response[2] |= 0x80;
+        for p in [&[][..], &good[..1], &good[..11], &response[..]] {
+            let mut out = vec![1, 2, 3];
+            let outcome = respond(p, &zone(), &cell.load(), &exchange("::1", UDP), &mut out);
+            assert_eq!(outcome, Outcome::Dropped);
+            assert_eq!(out, vec![1, 2, 3], "nothing written");
+        }
+    }
+
+    #[test]
+    fn edns_is_echoed_with_our_size_and_bad_versions_get_badvers() {
+        let (_reg, cell) = seed();
+        for (offered, advertised) in [(4096, 1232), (1232, 1232), (600, 600), (100, 512)] {
+            let mut q = query("gru.pop.internal", TYPE_A);
+            add_edns(&mut q, (offered, 0, true));
+            let (_, out) = ask(&cell, &q);
+            let p = Packet::parse(&out).unwrap();
+            assert_eq!(only_ip(&p), IpAddr::V4(Ipv4Addr::new(10, 50, 1, 1)));
+            let opt = p.opt.unwrap();
+            assert_eq!(opt.udp, advertised, "offered {offered}");
+            assert_eq!((opt.version, opt.extrcode, opt.flags), (0, 0, 0x8000));
+        }
+        let mut q = query("gru.pop.internal", TYPE_A);
+        add_edns(&mut q, (1232, 1, false));
+        let (outcome, out) = ask(&cell, &q);
+        assert_eq!(
+            outcome,
+            Outcome::Answered {
+                rcode: Rcode::BadVers,
+                truncated: false
+            }
+        );
+        let p = Packet::parse(&out).unwrap();
+        assert!(p.answers.is_empty());
+        assert_eq!(p.header.response_code, ResponseCode::NoError);
+        let opt = p.opt.unwrap();
+        assert_eq!((opt.extrcode, opt.version), (1, 0));
+        // Errors echo OPT too.
+        let mut q = query("example.com", TYPE_A);
+        add_edns(&mut q, (1232, 0, false));
+        let p_out = ask(&cell, &q).1;
+        assert!(Packet::parse(&p_out).unwrap().opt.is_some());
+    }
+
+    #[test]
+    fn too_big_for_udp_is_truncated_and_tcp_is_whole() {
+        let (_reg, cell) = seed();
+        let mut q = query("gru.pop.internal", TYPE_A);
+        add_edns(&mut q, (4096, 0, false));
+        // A limit below the answer (only tests go under 512) forces truncation.
+        let small = Transport::Udp { max_size: 50 };
+        let (outcome, out) = ask_with(&cell, &q, &exchange("10.50.1.2", small));
+        assert_eq!(
+            outcome,
+            Outcome::Answered {
+                rcode: Rcode::NoError,
+                truncated: true
+            }
+        );
+        let p = Packet::parse(&out).unwrap();
+        assert!(p.header.truncated);
+        assert!(p.answers.is_empty() && p.nameservers.is_empty());
+        assert_eq!(p.questions[0].qname.to_string(), "gru.pop.internal");
+        assert!(p.opt.is_some());
+        assert_eq!(out[2] & (FLAG_TC >> 8) as u8, (FLAG_TC >> 8) as u8);
+        let (outcome, out) = ask_with(&cell, &q, &exchange("10.50.1.2", Transport::Tcp));
+        assert_eq!(
+            outcome,
+            Outcome::Answered {
+                rcode: Rcode::NoError,
+                truncated: false
+            }
+        );
+        let p = Packet::parse(&out).unwrap();
+        assert_eq!(only_ip(&p), IpAddr::V4(Ipv4Addr::new(10, 50, 1, 1)));
+    }
+
+    #[test]
+    fn expired_backends_are_not_answered() {
+        let mut short = spec("a-short", "app", "sa", "10.9.0.1");
+        short.ttl_secs = Some(10);
+        let (reg, cell) = snapshot(&[short, spec("b-long", "app", "eu", "10.9.0.2")]);
+        let q = query("app.internal", TYPE_A);
+        let mut ex = exchange("10.50.1.5", UDP);
+        let p_out = ask_with(&cell, &q, &ex).1;
+        assert_eq!(
+            only_ip(&Packet::parse(&p_out).unwrap()),
+            IpAddr::V4(Ipv4Addr::new(10, 9, 0, 1))
+        );
+        ex.now_ms = 10_000;
+        let p_out = ask_with(&cell, &q, &ex).1;
+        assert_eq!(
+            only_ip(&Packet::parse(&p_out).unwrap()),
+            IpAddr::V4(Ipv4Addr::new(10, 9, 0, 2))
+        );
+        // No live backend at all: NXDOMAIN (see the module docs).
+        ex.now_ms = 60_000;
+        let (outcome, out) = ask_with(&cell, &q, &ex);
+        assert_eq!(
+            outcome,
+            Outcome::Answered {
+                rcode: Rcode::NxDomain,
+                truncated: false
+            }
+        );
+        check_soa(&Packet::parse(&out).unwrap(), reg.version());
+    }
+
+    #[test]
+    fn the_client_region_chooses_among_backends() {
+        let (_reg, cell) = snapshot(&[
+            spec("w-sa", "web", "sa", "10.9.1.1"),
+            spec("w-eu", "web", "eu", "10.9.3.1"),
+        ]);
+        let q = query("web.internal", TYPE_A);
+        for (client, ip) in [("10.50.1.9", "10.9.1.1"), ("10.50.3.9", "10.9.3.1")] {
+            let out = ask_with(&cell, &q, &exchange(client, UDP)).1;
+            assert_eq!(
+                only_ip(&Packet::parse(&out).unwrap()),
+                ip.parse::<IpAddr>().unwrap()
+            );
+        }
+    }
+
+    #[test]
+    fn ipv6_backends_answer_aaaa() {
+        let (_reg, cell) = snapshot(&[spec("v6", "six", "sa", "fd00:50::1")]);
+        let (_, out) = ask(&cell, &query("six.internal", TYPE_AAAA));
+        let p = Packet::parse(&out).unwrap();
+        assert_eq!(
+            only_ip(&p),
+            IpAddr::V6("fd00:50::1".parse::<Ipv6Addr>().unwrap())
+        );
+        let (outcome, out) = ask(&cell, &query("six.internal", TYPE_A));
+        assert_eq!(
+            outcome,
+            Outcome::Answered {
+                rcode: Rcode::NoError,
+                truncated: false
+            }
+        );
+        let p = Packet::parse(&out).unwrap();
+        assert!(p.answers.is_empty());
+        assert_eq!(p.nameservers.len(), 1);
+    }
+
+    #[test]
+    fn the_apex_has_soa_and_ns_and_ns_has_our_address() {
+        let (reg, cell) = seed();
+        let (_, out) = ask(&cell, &query("Internal", TYPE_SOA));
+        let p = Packet::parse(&out).unwrap();
+        assert!(p.header.authoritative);
+        assert_eq!(p.answers.len(), 1);
+        match p.answers[0].data {
+            RData::SOA(ref soa) => assert_eq!(u64::from(soa.serial), reg.version()),
+            ref other => panic!("{other:?}"),
+        }
+        let (_, out) = ask(&cell, &query("internal", TYPE_NS));
+        let p = Packet::parse(&out).unwrap();
+        match p.answers[0].data {
+            RData::NS(ref ns) => assert_eq!(ns.0.to_string(), "ns.internal"),
+            ref other => panic!("{other:?}"),
+        }
+        assert_eq!(p.additional[0].name.to_string(), "ns.internal");
+        let (_, out) = ask(&cell, &query("internal", TYPE_ANY));
+        assert_eq!(Packet::parse(&out).unwrap().answers.len(), 2);
+        let (_, out) = ask(&cell, &query("internal", TYPE_A));
+        let p = Packet::parse(&out).unwrap();
+        assert!(p.answers.is_empty());
+        check_soa(&p, reg.version());
+        let (_, out) = ask(&cell, &query("NS.internal", TYPE_A));
+        assert_eq!(
+            only_ip(&Packet::parse(&out).unwrap()),
+            IpAddr::V4(Ipv4Addr::new(127, 0, 0, 53))
+        );
+        // Unknown local address (a wildcard bind): NODATA.
+        let mut ex = exchange("10.50.1.1", UDP);
+        ex.server = None;
+        let (outcome, out) = ask_with(&cell, &query("ns.internal", TYPE_A), &ex);
+        assert!(matches!(
+            outcome,
+            Outcome::Answered {
+                rcode: Rcode::NoError,
+                ..
+            }
+        ));
+        assert!(Packet::parse(&out).unwrap().answers.is_empty());
+    }
+
+    #[test]
+    fn a_multi_label_zone_and_appending_after_existing_bytes() {
+        let (_reg, cell) = seed();
+        let zone = Zone::new("corp.internal", 5, 1232, "sa", RegionMap::overlay_default());
+        let q = query("IAD.pop.Corp.INTERNAL", TYPE_A);
+        let mut out = vec![0xaa, 0xbb];
+        respond(&q, &zone, &cell.load(), &exchange("::1", UDP), &mut out);
+        let p = Packet::parse(&out[2..]).unwrap();
+        assert_eq!(only_ip(&p), IpAddr::V4(Ipv4Addr::new(10, 50, 2, 1)));
+        let (_, out) = {
+            let mut out = Vec::new();
+            let o = respond(
+                &query("iad.pop.internal", TYPE_A),
+                &zone,
+                &cell.load(),
+                &exchange("::1", UDP),
+                &mut out,
+            );
+            (o, out)
+        };
+        assert_eq!(
+            Packet::parse(&out).unwrap().header.response_code,
+            ResponseCode::Refused
+        );
+    }
+
+    /// Walks every section of a response as a DNS message; panics when it is not one.
+    fn check_structure(resp: &[u8]) {
+        let h = query::Header::read(resp).expect("a header");
+        assert!(h.is_response());
+        let mut pos = HEADER_LEN;
+        for _ in 0..h.qdcount {
+            let mut p = pos;
+            loop {
+                let len = usize::from(resp[p]);
+                assert!(len < 64);
+                p += 1 + len;
+                if len == 0 {
+                    break;
+                }
+            }
+            pos = p + 4;
+            assert!(pos <= resp.len());
+        }
+        let records = u32::from(h.ancount) + u32::from(h.nscount) + u32::from(h.arcount);
+        for _ in 0..records {
+            pos = query::skip_record(resp, pos).expect("a record").0;
+        }
+        assert_eq!(pos, resp.len(), "no trailing bytes");
+    }
+
+    /// Whether dns-parser can read this response's question (it refuses types and classes it
+    /// does not know, and non-ASCII labels).
+    fn dns_parser_reads_question(resp: &[u8]) -> bool {
+        let h = query::Header::read(resp).unwrap();
+        if h.qdcount == 0 {
+            return true;
+        }
+        let mut p = HEADER_LEN;
+        while resp[p] != 0 {
+            let len = usize::from(resp[p]);
+            if !resp[p + 1..p + 1 + len].is_ascii() {
+                return false;
+            }
+            p += 1 + len;
+        }
+        let qtype = u16::from_be_bytes([resp[p + 1], resp[p + 2]]);
+        let qclass = u16::from_be_bytes([resp[p + 3], resp[p + 4]]);
+        dns_parser::QueryType::parse(qtype).is_ok()
+            && dns_parser::QueryClass::parse(qclass & 0x7fff).is_ok()
+    }
+
+    #[test]
+    fn random_and_mutated_packets_never_panic_and_answers_parse() {
+        let (_reg, cell) = seed();
+        let zone = zone();
+        let snap = cell.load();
+        let mut seeds = Vec::new();
+        for (_, app, _, _) in SEED {
+            for qtype in [TYPE_A, TYPE_AAAA, TYPE_ANY, 65] {
+                let mut q = query(&format!("{app}.internal"), qtype);
+                seeds.push(q.clone());
+                add_edns(&mut q, (1232, 0, true));
+                seeds.push(q);
+            }
+        }
+        seeds.push(query("internal", TYPE_SOA));
+        seeds.push(query("nope.example", TYPE_A));
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            state = crate::registry::mix64(state.wrapping_add(0x9e37_79b9_7f4a_7c15));
+            state
+        };
+        let mut out = Vec::new();
+        let (mut answered, mut dropped) = (0, 0);
+        for i in 0..20_000 {
+            let mut p = if i % 10 == 0 {
+                let len = (next() % 300) as usize;
+                (0..len).map(|_| next() as u8).collect()
+            } else {
+                seeds[(next() % seeds.len() as u64) as usize].clone()
+            };
+            let mutations = next() % 6;
+            for _ in 0..mutations {
+                if p.is_empty() {
+                    break;
+                }
+                let at = (next() % p.len() as u64) as usize;
+                match next() % 4 {
+                    0 => p[at] = next() as u8,
+                    1 => p[at] ^= 1 << (next() % 8),
+                    2 => p.truncate(at),
+                    _ => p.insert(at, next() as u8),
+                }
+            }
+            if next() % 2 == 0 && p.len() > 2 {
+                p[2] &= 0x7f; // mostly queries, not responses
+            }
+            for transport in [UDP, Transport::Tcp] {
+                out.clear();
+                let ex = Exchange {
+                    client: IpAddr::V4(Ipv4Addr::from(next() as u32)),
+                    server: Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+                    transport,
+                    now_ms: next() % 120_000,
+                };
+                match respond(&p, &zone, &snap, &ex, &mut out) {
+                    Outcome::Dropped => {
+                        assert!(out.is_empty());
+                        dropped += 1;
+                    }
+                    Outcome::Answered { .. } => {
+                        answered += 1;
+                        assert_eq!(&out[..2], &p[..2], "id echoed");
+                        if transport == UDP {
+                            assert!(out.len() <= 1232);
+                        }
+                        check_structure(&out);
+                        if dns_parser_reads_question(&out) {
+                            if let Err(e) = Packet::parse(&out) {
+                                panic!("{e:?}: query {p:?} answer {out:?}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert!(answered > 10_000 && dropped > 1_000, "{answered} {dropped}");
+    }
+}
