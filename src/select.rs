@@ -78,7 +78,7 @@ fn best_in(
             continue;
         }
         let s = score(client.key, b.key, b.weight);
-        if best.map_or(true, |(bs, _)| s > bs) {
+        if best.is_none_or(|(bs, _)| s > bs) {
             best = Some((s, i));
         }
     }
