@@ -602,6 +602,22 @@ mod tests {
     }
 
     #[test]
+    fn a_dot_inside_a_label_is_not_an_app_separator() {
+        let (_reg, cell) = seed();
+        // One label `gru.pop`, then `internal`: not the app gru.pop.
+        let mut q = query("x.internal", TYPE_A);
+        q.splice(HEADER_LEN..HEADER_LEN + 2, b"\x07gru.pop".iter().copied());
+        let (outcome, _) = ask(&cell, &q);
+        assert_eq!(
+            outcome,
+            Outcome::Answered {
+                rcode: Rcode::NxDomain,
+                truncated: false
+            }
+        );
+    }
+
+    #[test]
     fn a_name_with_apps_below_is_an_empty_non_terminal() {
         let (reg, cell) = seed();
         let (_, out) = ask(&cell, &query("pop.internal", TYPE_A));
