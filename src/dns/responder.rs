@@ -32,7 +32,7 @@ use super::wire::{
 use crate::config::Config;
 use crate::geo::RegionMap;
 use crate::registry::Snapshot;
-use crate::select::{pick, Client};
+use crate::select::{pick, Client, Scope};
 use std::net::IpAddr;
 
 /// SOA timers. Nothing transfers this zone (no secondaries), so these only need to be sane.
@@ -269,11 +269,11 @@ fn answer(
             let app = std::str::from_utf8(&app_buf[..len]).unwrap_or("");
             let chosen = snap.app(app).and_then(|group| {
                 let client = Client::new(ex.client, zone.region_map.region_of(ex.client));
-                pick(snap, group, &client, &zone.hub_region, ex.now_ms, &[])
+                pick(Scope::App(group), &client, &zone.hub_region, ex.now_ms, &[])
             });
             match chosen {
-                Some((i, _tier)) => {
-                    let ip = snap.backend(i).ip;
+                Some((backend, _tier)) => {
+                    let ip = backend.ip;
                     if wants(qtype, ip) {
                         address(msg, Section::Answer, owner, ttl, ip);
                     } else {
@@ -373,7 +373,7 @@ fn classify(question: &Question<'_>, zone: &Zone, buf: &mut [u8; MAX_NAME_LEN]) 
 
 /// Whether some app's name ends with `.<name>`: `name` is then an empty non-terminal.
 fn has_apps_below(snap: &Snapshot, name: &str) -> bool {
-    snap.app_names().any(|app| {
+    snap.groups().iter().map(|g| g.name()).any(|app| {
         app.len() > name.len() + 1
             && app.ends_with(name)
             && app.as_bytes()[app.len() - name.len() - 1] == b'.'
