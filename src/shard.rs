@@ -345,16 +345,30 @@ async fn run_shard(
             ctx.cfg.expiry_grace_secs,
             ctx.cell.clone(),
         )));
-        tasks.push(glommio::spawn_local(crate::api::sweeper(
-            ctx.clone(),
-            registry.clone(),
-        )));
-        if let Some(sock) = socks.api {
-            tasks.push(glommio::spawn_local(crate::api::serve(
-                ctx.clone(),
-                glommio_tcp(sock),
-                registry,
-            )));
+        // The control plane runs in its own task queue with equal shares and a latency
+        // bound, so a flood of data-plane work on this shard cannot starve registrations (nor
+        // the other way round). Tasks it spawns (API connections) inherit the queue.
+        let api_queue = glommio::executor().create_task_queue(
+            glommio::Shares::Static(1000),
+            glommio::Latency::Matters(Duration::from_millis(2)),
+            "api",
+        );
+        let api_listener = socks.api.map(glommio_tcp);
+        let control_ctx = ctx.clone();
+        let control = async move {
+            let sweeper =
+                glommio::spawn_local(crate::api::sweeper(control_ctx.clone(), registry.clone()));
+            if let Some(listener) = api_listener {
+                crate::api::serve(control_ctx, listener, registry).await;
+            }
+            sweeper.await;
+        };
+        match glommio::spawn_local_into(control, api_queue) {
+            Ok(task) => tasks.push(task),
+            Err(e) => {
+                let _ = ready.send(Err(format!("cannot start the API on shard 0: {e}")));
+                return;
+            }
         }
     }
     let _ = ready.send(Ok(ctx.id));
