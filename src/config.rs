@@ -220,6 +220,16 @@ pub struct Args {
     )]
     pub dns_tcp_idle_timeout_secs: u64,
 
+    /// Directory where the registry is persisted. Default: systemd's $STATE_DIRECTORY, else
+    /// /var/lib/edgeproxy for root, else $XDG_STATE_HOME/edgeproxy (~/.local/state/edgeproxy).
+    #[arg(long, env = "EDGEPROXY_STATE_DIR")]
+    pub state_dir: Option<std::path::PathBuf>,
+
+    /// Persist the registry (every acknowledged change is on disk first). `false` keeps it in
+    /// memory only: a restart forgets every backend.
+    #[arg(long, env = "EDGEPROXY_PERSIST", default_value = "true", value_parser = parse_bool, action = clap::ArgAction::Set)]
+    pub persist: bool,
+
     /// Log level filter when RUST_LOG is not set (error, warn, info, debug, trace). DEBUG=1 means debug.
     #[arg(long, env = "EDGEPROXY_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
@@ -273,8 +283,30 @@ pub struct Config {
     pub api_idle_timeout: Duration,
     pub dns_tcp_max_connections: usize,
     pub dns_tcp_idle_timeout: Duration,
+    /// Where the registry is persisted; `None` = in memory only.
+    pub state_dir: Option<std::path::PathBuf>,
     /// Settings that were given but no longer apply (warned about at startup).
     pub ignored: Vec<&'static str>,
+}
+
+/// Where the registry lives when `--state-dir` is not given.
+pub fn default_state_dir() -> std::path::PathBuf {
+    use std::path::PathBuf;
+    if let Ok(dirs) = std::env::var("STATE_DIRECTORY") {
+        if let Some(first) = dirs.split(':').find(|d| !d.is_empty()) {
+            return PathBuf::from(first);
+        }
+    }
+    if crate::sys::is_root() {
+        return PathBuf::from("/var/lib/edgeproxy");
+    }
+    if let Ok(xdg) = std::env::var("XDG_STATE_HOME") {
+        if !xdg.is_empty() {
+            return PathBuf::from(xdg).join("edgeproxy");
+        }
+    }
+    let home = std::env::var("HOME").unwrap_or_else(|_| ".".into());
+    PathBuf::from(home).join(".local/state/edgeproxy")
 }
 
 /// The CPUs this process may run on, in order.
@@ -368,6 +400,11 @@ impl Config {
             api_idle_timeout: Duration::from_secs(args.api_idle_timeout_secs.max(1)),
             dns_tcp_max_connections: args.dns_tcp_max_connections,
             dns_tcp_idle_timeout: Duration::from_secs(args.dns_tcp_idle_timeout_secs.max(1)),
+            state_dir: match (args.persist, args.state_dir) {
+                (false, _) => None,
+                (true, Some(dir)) => Some(dir),
+                (true, None) => Some(default_state_dir()),
+            },
             ignored,
         })
     }
@@ -379,6 +416,7 @@ impl Config {
             "--listen-addr=127.0.0.1:0",
             "--api-listen-addr=127.0.0.1:0",
             "--dns-listen-addr=127.0.0.1:0",
+            "--persist=false",
         ]);
         let allowed = allowed_cpus();
         let mut cfg = Config::from_args(args, &allowed).expect("test config is valid");

@@ -32,4 +32,5 @@ pub mod proxy;
 pub mod registry;
 pub mod select;
 pub mod shard;
+pub mod store;
 pub mod sys;

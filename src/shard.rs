@@ -263,6 +263,41 @@ pub fn start(cfg: Config) -> Result<Hub, StartError> {
     let (addrs, sockets) = bind_all(&cfg)?;
     let cfg = Arc::new(cfg);
     let cell = Arc::new(SnapshotCell::new());
+    // The registry is built (and restored from disk) before any shard runs, so no shard ever
+    // answers from an empty snapshot after a restart; it then moves to the API shard.
+    let mut registry = Registry::new(
+        cfg.shards,
+        cfg.heartbeat_ttl_secs,
+        cfg.expiry_grace_secs,
+        cell.clone(),
+    );
+    let mut recovered = match &cfg.state_dir {
+        Some(dir) => {
+            let mut r = crate::store::recover(dir).map_err(|e| StartError(e.0))?;
+            if let Some((bytes, why)) = &r.discarded {
+                log::warn!(
+                    "state: cut {bytes} bytes from the end of the registry log ({why}); kept every record before it"
+                );
+            }
+            log::info!(
+                "state: restored {} backends from {}",
+                r.backends.len(),
+                dir.display()
+            );
+            registry.restore(
+                std::mem::take(&mut r.backends).into_values(),
+                crate::clock::now_ms(),
+            );
+            registry.enable_journal();
+            Some(r)
+        }
+        None => {
+            log::info!("state: persistence is off; the registry lives in memory only");
+            None
+        }
+    };
+    registry.publish();
+    let mut registry = Some(registry);
     let started_unix_ms = crate::clock::unix_ms();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<usize, String>>();
     let mut handles = Vec::with_capacity(cfg.shards);
@@ -274,13 +309,15 @@ pub fn start(cfg: Config) -> Result<Hub, StartError> {
             cell: cell.clone(),
             started_unix_ms,
         };
+        let control =
+            (id == 0).then(|| (registry.take().expect("one API shard"), recovered.take()));
         let ready = ready_tx.clone();
         let builder = LocalExecutorBuilder::new(Placement::Fixed(cfg.cpus[id]))
             .name(&format!("shard-{id}"))
             .io_memory(IO_MEMORY_PER_SHARD)
             .preempt_timer(Duration::from_millis(10));
         let handle = builder
-            .spawn(move || async move { run_shard(ctx, socks, ready).await })
+            .spawn(move || async move { run_shard(ctx, socks, control, ready).await })
             .map_err(|e| StartError(format!("cannot start shard {id}: {e}")))?;
         handles.push(handle);
     }
@@ -314,6 +351,7 @@ fn glommio_udp(sock: Socket) -> glommio::net::UdpSocket {
 async fn run_shard(
     ctx: ShardCtx,
     socks: ShardSockets,
+    control: Option<(Registry, Option<crate::store::Recovered>)>,
     ready: std::sync::mpsc::Sender<Result<usize, String>>,
 ) {
     let ctx = Rc::new(ctx);
@@ -338,13 +376,21 @@ async fn run_shard(
             glommio_tcp(sock),
         )));
     }
-    if ctx.id == 0 {
-        let registry = Rc::new(RefCell::new(Registry::new(
-            ctx.shards,
-            ctx.cfg.heartbeat_ttl_secs,
-            ctx.cfg.expiry_grace_secs,
-            ctx.cell.clone(),
-        )));
+    if let Some((registry, mut recovered)) = control {
+        let store = match recovered {
+            Some(_) => match crate::store::Store::open(&mut recovered).await {
+                Ok(store) => Some(store),
+                Err(e) => {
+                    let _ = ready.send(Err(format!("cannot open the registry log: {e}")));
+                    return;
+                }
+            },
+            None => None,
+        };
+        let control = Rc::new(crate::api::Control {
+            registry: RefCell::new(registry),
+            store,
+        });
         // The control plane runs in its own task queue with equal shares and a latency
         // bound, so a flood of data-plane work on this shard cannot starve registrations (nor
         // the other way round). Tasks it spawns (API connections) inherit the queue.
@@ -357,9 +403,9 @@ async fn run_shard(
         let control_ctx = ctx.clone();
         let control = async move {
             let sweeper =
-                glommio::spawn_local(crate::api::sweeper(control_ctx.clone(), registry.clone()));
+                glommio::spawn_local(crate::api::sweeper(control_ctx.clone(), control.clone()));
             if let Some(listener) = api_listener {
-                crate::api::serve(control_ctx, listener, registry).await;
+                crate::api::serve(control_ctx, listener, control).await;
             }
             sweeper.await;
         };

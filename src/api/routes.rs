@@ -12,6 +12,8 @@ pub struct Env {
     pub now_ms: u64,
     pub uptime_secs: u64,
     pub shards: usize,
+    /// `fdatasync` calls of the registry store so far (`None`: persistence off).
+    pub store_syncs: Option<u64>,
 }
 
 /// A response to write.
@@ -52,7 +54,8 @@ impl Response {
 
 /// The JSON view of a backend: every stored field, plus its live state.
 pub fn backend_json(b: &Backend, now_ms: u64) -> Value {
-    let last_heartbeat_ms = b.live.last_heartbeat_ms.load(Ordering::Relaxed);
+    let last_heartbeat_unix_ms = b.live.last_heartbeat_unix_ms.load(Ordering::Relaxed);
+    let now_unix = crate::clock::unix_ms();
     json!({
         "id": b.id,
         "app": b.app,
@@ -68,8 +71,8 @@ pub fn backend_json(b: &Backend, now_ms: u64) -> Value {
         "draining": b.live.draining.load(Ordering::Relaxed),
         "connections": b.connections(),
         "registered_at": b.registered_unix_ms / 1000,
-        "registered_secs": now_ms.saturating_sub(b.registered_ms) / 1000,
-        "last_heartbeat_secs": now_ms.saturating_sub(last_heartbeat_ms) / 1000,
+        "registered_secs": now_unix.saturating_sub(b.registered_unix_ms) / 1000,
+        "last_heartbeat_secs": now_unix.saturating_sub(last_heartbeat_unix_ms) / 1000,
     })
 }
 
@@ -229,6 +232,14 @@ fn metrics(reg: &Registry, env: &Env) -> Response {
             b.connections()
         );
     }
+    if let Some(syncs) = env.store_syncs {
+        let _ = writeln!(
+            s,
+            "# HELP edgeproxy_store_syncs_total fdatasync calls made by the registry store."
+        );
+        let _ = writeln!(s, "# TYPE edgeproxy_store_syncs_total counter");
+        let _ = writeln!(s, "edgeproxy_store_syncs_total {syncs}");
+    }
     let _ = writeln!(
         s,
         "# HELP edgeproxy_uptime_seconds Seconds since the hub started."
@@ -258,6 +269,7 @@ mod tests {
             now_ms: 5_000,
             uptime_secs: 5,
             shards: 2,
+            store_syncs: Some(3),
         };
         let r = handle(&req, reg, &env);
         let body = if r.content_type == "application/json" {
@@ -364,6 +376,7 @@ mod tests {
         assert_eq!(s, 200);
         let text = b.as_str().unwrap();
         assert!(text.contains("edgeproxy_backends 1\n"));
+        assert!(text.contains("edgeproxy_store_syncs_total 3\n"));
         assert!(text.contains("edgeproxy_backend_connections{id=\"pop-gru\""));
     }
 }

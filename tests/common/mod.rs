@@ -31,6 +31,8 @@ pub struct Hub {
     pub routes: Vec<(SocketAddr, String)>,
     /// Log lines printed up to and including the `ready:` line.
     pub startup_log: Vec<String>,
+    /// The temporary state directory this hub owns, removed on drop.
+    state: Option<StateDir>,
     /// Log lines printed after `ready:` (drained on demand).
     logs: mpsc::Receiver<String>,
 }
@@ -46,6 +48,15 @@ impl Hub {
     }
 
     pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Hub {
+        let dir = StateDir::new();
+        let mut hub = Self::start_in(&dir.0, extra, env);
+        hub.state = Some(dir);
+        hub
+    }
+
+    /// Starts the hub with its registry persisted in `state_dir` (which the caller owns).
+    pub fn start_in(state_dir: &std::path::Path, extra: &[&str], env: &[(&str, &str)]) -> Hub {
+        let state_arg = format!("--state-dir={}", state_dir.display());
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_edgeproxy"));
         for (k, _) in std::env::vars() {
             if k.starts_with("EDGEPROXY_") || k == "RUST_LOG" || k == "DEBUG" {
@@ -57,6 +68,7 @@ impl Hub {
             "--listen-addr=127.0.0.1:0",
             "--api-listen-addr=127.0.0.1:0",
             "--dns-listen-addr=127.0.0.1:0",
+            &state_arg,
         ])
         .args(extra)
         .envs(env.iter().copied())
@@ -100,6 +112,7 @@ impl Hub {
                             dns: addr("dns="),
                             routes,
                             startup_log: seen,
+                            state: None,
                             child,
                             logs: rx,
                         };
@@ -187,6 +200,30 @@ impl Hub {
 impl Drop for Hub {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A temporary directory, removed on drop.
+pub struct StateDir(pub std::path::PathBuf);
+
+impl StateDir {
+    pub fn new() -> StateDir {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "edgeproxy-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create a temporary state directory");
+        StateDir(dir)
+    }
+}
+
+impl Drop for StateDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
