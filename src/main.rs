@@ -47,6 +47,13 @@ fn main() -> ExitCode {
     for name in &cfg.ignored {
         log::warn!("{name} is an edgeProxy v0.4 setting that no longer applies; ignored");
     }
+    if let Some(api) = cfg.api_listen_addr {
+        if !cfg.api_auth.enabled() && !api.ip().is_loopback() {
+            log::warn!(
+                "the API on {api} accepts registrations from anyone who can reach it: set EDGEPROXY_API_TOKEN (or --api-token-file)"
+            );
+        }
+    }
     let log_cfg = cfg.clone();
     let hub = match edgeproxy::shard::start(cfg) {
         Ok(hub) => hub,

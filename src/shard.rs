@@ -390,6 +390,7 @@ async fn run_shard(
         let control = Rc::new(crate::api::Control {
             registry: RefCell::new(registry),
             store,
+            auth: ctx.cfg.api_auth.clone(),
         });
         // The control plane runs in its own task queue with equal shares and a latency
         // bound, so a flood of data-plane work on this shard cannot starve registrations (nor

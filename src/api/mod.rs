@@ -13,6 +13,7 @@
 //! and only then are the answers written. An answer that says "registered" is on disk and
 //! visible on every shard.
 
+pub mod auth;
 pub mod http;
 pub mod routes;
 pub mod validate;
@@ -36,6 +37,7 @@ pub struct Control {
     pub registry: RefCell<Registry>,
     /// `None` when persistence is off.
     pub store: Option<Store>,
+    pub auth: auth::Auth,
 }
 
 impl Control {
@@ -125,6 +127,10 @@ fn error_response(out: &mut Vec<u8>, status: u16, message: &str) {
 /// asks to close, stalls, or sends something we refuse.
 async fn connection(ctx: &ShardCtx, mut stream: TcpStream, control: &Control) -> io::Result<()> {
     let registry = &control.registry;
+    let peer = stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| "?".into());
     let cfg = &ctx.cfg;
     stream.set_write_timeout(Some(cfg.api_request_timeout))?;
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
@@ -153,19 +159,43 @@ async fn connection(ctx: &ShardCtx, mut stream: TcpStream, control: &Control) ->
                         shards: ctx.shards,
                         store_syncs: control.store.as_ref().map(|s| s.syncs.get()),
                     };
-                    let resp = {
-                        let mut reg = registry.borrow_mut();
-                        let resp = routes::handle(&req, &mut reg, &env);
-                        mutated |= reg.is_dirty();
-                        resp
+                    let resp = match control.auth.check(&req) {
+                        Err(denied) => {
+                            log::warn!(
+                                "api: {peer} {} {}: refused, missing or invalid token",
+                                req.method_str,
+                                req.path
+                            );
+                            denied
+                        }
+                        Ok(()) => {
+                            let mut reg = registry.borrow_mut();
+                            let resp = routes::handle(&req, &mut reg, &env);
+                            mutated |= reg.is_dirty();
+                            resp
+                        }
                     };
-                    log::debug!("api: {} {} -> {}", req.method_str, req.path, resp.status);
-                    let allow = resp.allow.map(|a| [("Allow", a)]);
+                    log::debug!(
+                        "api: {peer} {} {} -> {}",
+                        req.method_str,
+                        req.path,
+                        resp.status
+                    );
+                    let mut headers: [(&str, &str); 1] = [("", "")];
+                    let extra: &[(&str, &str)] = if let Some(allow) = resp.allow {
+                        headers[0] = ("Allow", allow);
+                        &headers
+                    } else if resp.www_authenticate {
+                        headers[0] = ("WWW-Authenticate", "Bearer realm=\"edgeproxy\"");
+                        &headers
+                    } else {
+                        &[]
+                    };
                     http::write_response(
                         &mut out,
                         resp.status,
                         resp.content_type,
-                        allow.as_ref().map(|a| &a[..]).unwrap_or(&[]),
+                        extra,
                         &resp.body,
                         req.keep_alive,
                     );

@@ -24,6 +24,8 @@ pub struct Response {
     pub content_type: &'static str,
     /// `Allow` header, on 405.
     pub allow: Option<&'static str>,
+    /// Whether to send `WWW-Authenticate: Bearer` (on 401).
+    pub www_authenticate: bool,
 }
 
 impl Response {
@@ -33,6 +35,7 @@ impl Response {
             body: serde_json::to_vec(&value).unwrap_or_default(),
             content_type: "application/json",
             allow: None,
+            www_authenticate: false,
         }
     }
 
@@ -251,6 +254,7 @@ fn metrics(reg: &Registry, env: &Env) -> Response {
         body: s.into_bytes(),
         content_type: "text/plain; version=0.0.4",
         allow: None,
+        www_authenticate: false,
     }
 }
 

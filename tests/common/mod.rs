@@ -135,6 +135,28 @@ impl Hub {
         self.logs.try_iter().collect()
     }
 
+    /// Every log line up to and including the first containing `needle` (bounded wait).
+    pub fn logs_until(&self, needle: &str) -> Vec<String> {
+        let deadline = std::time::Instant::now() + STEP;
+        let mut lines = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.logs.recv_timeout(left) {
+                Ok(line) => {
+                    let done = line.contains(needle);
+                    lines.push(line);
+                    if done {
+                        return lines;
+                    }
+                }
+                Err(_) => panic!(
+                    "no log line containing {needle:?}; got:\n{}",
+                    lines.join("\n")
+                ),
+            }
+        }
+    }
+
     /// Waits (bounded) for a log line containing `needle`.
     pub fn wait_log(&self, needle: &str) -> String {
         let deadline = std::time::Instant::now() + STEP;
