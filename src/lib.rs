@@ -27,6 +27,7 @@ pub mod clock;
 pub mod config;
 pub mod dns;
 pub mod geo;
+pub mod metrics;
 pub mod names;
 pub mod proxy;
 pub mod registry;

@@ -36,6 +36,16 @@ pub struct ShardCtx {
     pub cell: Arc<SnapshotCell>,
     /// Wall-clock start time of the process (Unix ms).
     pub started_unix_ms: u64,
+    /// Every shard's counters; this shard writes only its own ([`ShardCtx::metrics`]).
+    pub all_metrics: Arc<crate::metrics::Metrics>,
+}
+
+impl ShardCtx {
+    /// This shard's counters.
+    #[inline]
+    pub fn metrics(&self) -> &crate::metrics::ShardMetrics {
+        &self.all_metrics.shards[self.id]
+    }
 }
 
 /// A startup failure: one line naming the cause and the fix. The process exits with code 2.
@@ -299,6 +309,7 @@ pub fn start(cfg: Config) -> Result<Hub, StartError> {
     registry.publish();
     let mut registry = Some(registry);
     let started_unix_ms = crate::clock::unix_ms();
+    let all_metrics = Arc::new(crate::metrics::Metrics::new(cfg.shards));
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<usize, String>>();
     let mut handles = Vec::with_capacity(cfg.shards);
     for (id, socks) in sockets.into_iter().enumerate() {
@@ -308,6 +319,7 @@ pub fn start(cfg: Config) -> Result<Hub, StartError> {
             cfg: cfg.clone(),
             cell: cell.clone(),
             started_unix_ms,
+            all_metrics: all_metrics.clone(),
         };
         let control =
             (id == 0).then(|| (registry.take().expect("one API shard"), recovered.take()));
@@ -391,6 +403,7 @@ async fn run_shard(
             registry: RefCell::new(registry),
             store,
             auth: ctx.cfg.api_auth.clone(),
+            stats: Default::default(),
         });
         // The control plane runs in its own task queue with equal shares and a latency
         // bound, so a flood of data-plane work on this shard cannot starve registrations (nor

@@ -38,6 +38,7 @@ pub struct Control {
     /// `None` when persistence is off.
     pub store: Option<Store>,
     pub auth: auth::Auth,
+    pub stats: routes::ApiStats,
 }
 
 impl Control {
@@ -52,11 +53,21 @@ impl Control {
 
     /// Makes every change so far durable, then visible on every shard.
     async fn commit_and_publish(&self) -> io::Result<()> {
+        let started = Instant::now();
+        let changed = self.registry.borrow().is_dirty();
         self.persist_journal();
         if let Some(store) = &self.store {
             store.commit().await?;
         }
-        self.registry.borrow_mut().publish_if_dirty();
+        let published = {
+            let mut reg = self.registry.borrow_mut();
+            let dirty = reg.is_dirty();
+            reg.publish_if_dirty();
+            dirty
+        };
+        if changed && published {
+            self.stats.publish.observe(started.elapsed());
+        }
         Ok(())
     }
 }
@@ -158,6 +169,8 @@ async fn connection(ctx: &ShardCtx, mut stream: TcpStream, control: &Control) ->
                             / 1000,
                         shards: ctx.shards,
                         store_syncs: control.store.as_ref().map(|s| s.syncs.get()),
+                        api: Some(&control.stats),
+                        data_plane: Some(&ctx.all_metrics),
                     };
                     let resp = match control.auth.check(&req) {
                         Err(denied) => {
@@ -175,6 +188,7 @@ async fn connection(ctx: &ShardCtx, mut stream: TcpStream, control: &Control) ->
                             resp
                         }
                     };
+                    control.stats.count(req.path, resp.status);
                     log::debug!(
                         "api: {peer} {} {} -> {}",
                         req.method_str,

@@ -20,7 +20,7 @@ pub mod wire;
 
 use crate::shard::ShardCtx;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use responder::{respond, Exchange, Outcome, Transport, Zone, MAX_MESSAGE};
+use responder::{respond_typed, Exchange, Outcome, Transport, Zone, MAX_MESSAGE};
 use std::cell::Cell;
 use std::io;
 use std::net::IpAddr;
@@ -60,10 +60,13 @@ pub async fn serve_udp(ctx: Rc<ShardCtx>, sock: glommio::net::UdpSocket) {
             transport,
             now_ms: crate::clock::now_ms(),
         };
-        let outcome = {
+        let (outcome, qtype) = {
             let snap = ctx.cell.load();
-            respond(&rx[..n], &zone, &snap, &ex, &mut out)
+            respond_typed(&rx[..n], &zone, &snap, &ex, &mut out)
         };
+        let m = ctx.metrics();
+        m.dns_udp_queries.inc();
+        count(m, outcome, qtype);
         match outcome {
             Outcome::Dropped => {
                 log::debug!("dns/udp: dropped a {n}-byte packet from {peer}: not a query");
@@ -78,6 +81,15 @@ pub async fn serve_udp(ctx: Rc<ShardCtx>, sock: glommio::net::UdpSocket) {
         if let Err(e) = sock.send_to(&out, peer).await {
             log::debug!("dns/udp: cannot answer {peer}: {e}");
         }
+    }
+}
+
+/// Counts one query's outcome on this shard.
+#[inline]
+fn count(m: &crate::metrics::ShardMetrics, outcome: Outcome, qtype: Option<u16>) {
+    match outcome {
+        Outcome::Dropped => m.dns_dropped.inc(),
+        Outcome::Answered { rcode, truncated } => m.dns_answered(rcode.code(), qtype, truncated),
     }
 }
 
@@ -189,10 +201,13 @@ async fn serve_connection(
                 transport: Transport::Tcp,
                 now_ms: crate::clock::now_ms(),
             };
-            let outcome = {
+            let (outcome, qtype) = {
                 let snap = ctx.cell.load();
-                respond(query, zone, &snap, &ex, &mut out)
+                respond_typed(query, zone, &snap, &ex, &mut out)
             };
+            let m = ctx.metrics();
+            m.dns_tcp_queries.inc();
+            count(m, outcome, qtype);
             if outcome == Outcome::Dropped {
                 // The client would wait for an answer that never comes: better to hang up.
                 log::debug!("dns/tcp: {client} sent a {len}-byte non-query: closing");

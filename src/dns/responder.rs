@@ -149,11 +149,22 @@ pub fn respond(
     ex: &Exchange,
     out: &mut Vec<u8>,
 ) -> Outcome {
+    respond_typed(packet, zone, snap, ex, out).0
+}
+
+/// [`respond`], also returning the question's type when the query could be read (for metrics).
+pub fn respond_typed(
+    packet: &[u8],
+    zone: &Zone,
+    snap: &Snapshot,
+    ex: &Exchange,
+    out: &mut Vec<u8>,
+) -> (Outcome, Option<u16>) {
     let Some(header) = Header::read(packet) else {
-        return Outcome::Dropped;
+        return (Outcome::Dropped, None);
     };
     if header.is_response() {
-        return Outcome::Dropped;
+        return (Outcome::Dropped, None);
     }
     let flags = FLAG_QR | (header.flags & (OPCODE_MASK | FLAG_RD | FLAG_CD));
     let parsed = query::parse(packet, header);
@@ -180,7 +191,7 @@ pub fn respond(
             };
             msg.set_rcode(rcode);
             let truncated = msg.finish(None, limit);
-            return Outcome::Answered { rcode, truncated };
+            return (Outcome::Answered { rcode, truncated }, None);
         }
     };
     let opt = q.edns.map(|e: Edns| Opt {
@@ -193,7 +204,10 @@ pub fn respond(
     let rcode = answer(&mut msg, &q, zone, snap, ex);
     msg.set_rcode(rcode);
     let truncated = msg.finish(opt.as_ref(), limit);
-    Outcome::Answered { rcode, truncated }
+    (
+        Outcome::Answered { rcode, truncated },
+        Some(q.question.qtype),
+    )
 }
 
 /// Writes the records for a parsed query and returns the rcode.
