@@ -243,6 +243,10 @@ pub struct Args {
     #[arg(long, env = "EDGEPROXY_PERSIST", default_value = "true", value_parser = parse_bool, action = clap::ArgAction::Set)]
     pub persist: bool,
 
+    /// Seconds open connections get to finish after SIGTERM/SIGINT before the process exits.
+    #[arg(long, env = "EDGEPROXY_DRAIN_TIMEOUT_SECS", default_value_t = 30)]
+    pub drain_timeout_secs: u64,
+
     /// Log level filter when RUST_LOG is not set (error, warn, info, debug, trace). DEBUG=1 means debug.
     #[arg(long, env = "EDGEPROXY_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
@@ -296,6 +300,8 @@ pub struct Config {
     pub api_idle_timeout: Duration,
     pub dns_tcp_max_connections: usize,
     pub dns_tcp_idle_timeout: Duration,
+    /// How long open connections get to finish on shutdown.
+    pub drain_timeout: Duration,
     /// API bearer tokens and what they protect.
     pub api_auth: crate::api::auth::Auth,
     /// Where the registry is persisted; `None` = in memory only.
@@ -433,6 +439,7 @@ impl Config {
             dns_tcp_max_connections: args.dns_tcp_max_connections,
             dns_tcp_idle_timeout: Duration::from_secs(args.dns_tcp_idle_timeout_secs.max(1)),
             api_auth,
+            drain_timeout: Duration::from_secs(args.drain_timeout_secs),
             state_dir: match (args.persist, args.state_dir) {
                 (false, _) => None,
                 (true, Some(dir)) => Some(dir),

@@ -33,5 +33,6 @@ pub mod proxy;
 pub mod registry;
 pub mod select;
 pub mod shard;
+pub mod shutdown;
 pub mod store;
 pub mod sys;

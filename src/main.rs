@@ -2,8 +2,11 @@
 
 use clap::Parser;
 use edgeproxy::config::{allowed_cpus, Args, Config};
+use edgeproxy::metrics::Metrics;
+use edgeproxy::{shutdown, sys};
 use std::io::Write;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 fn init_logging(level: &str) {
     let mut builder = env_logger::Builder::new();
@@ -55,6 +58,12 @@ fn main() -> ExitCode {
         }
     }
     let log_cfg = cfg.clone();
+    // Signals are taken by this thread alone (sigwait below), never by a shard: block them
+    // before the shards start so they inherit the mask.
+    if let Err(e) = sys::block_signals(&SIGNALS) {
+        eprintln!("edgeproxy: cannot block signals: {e}");
+        return ExitCode::from(2);
+    }
     let hub = match edgeproxy::shard::start(cfg) {
         Ok(hub) => hub,
         Err(e) => {
@@ -84,11 +93,71 @@ fn main() -> ExitCode {
         log_cfg.shards,
         log_cfg.region
     );
-    match hub.join() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            log::error!("{e}");
-            ExitCode::from(1)
+    let metrics = hub.metrics.clone();
+    // A shard that stops on its own is a bug: do not keep half a hub running.
+    std::thread::spawn(move || {
+        let result = hub.join();
+        if !shutdown::draining() {
+            log::error!("a shard stopped unexpectedly ({result:?}); exiting");
+            std::process::exit(1);
+        }
+    });
+    loop {
+        match sys::wait_signal(&SIGNALS) {
+            Ok(libc::SIGHUP) => {
+                log::info!("SIGHUP: nothing is reloadable yet; restart to change settings");
+            }
+            Ok(sig) => {
+                log::info!(
+                    "signal {sig}: draining (no new connections; open ones get {:?})",
+                    log_cfg.drain_timeout
+                );
+                return drain(
+                    &metrics,
+                    log_cfg.drain_timeout,
+                    log_cfg.api_listen_addr.is_some(),
+                );
+            }
+            Err(e) => {
+                log::error!("cannot wait for signals: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    }
+}
+
+const SIGNALS: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
+
+/// Stops accepting, waits for open forwarded connections and the registry flush (bounded by
+/// `timeout`), then exits 0. A second SIGTERM/SIGINT exits at once.
+fn drain(metrics: &Metrics, timeout: Duration, has_registry: bool) -> ExitCode {
+    shutdown::begin();
+    let deadline = Instant::now() + timeout;
+    loop {
+        let active: i64 = metrics.shards.iter().map(|m| m.proxy_active.get()).sum();
+        let flushed = shutdown::flushed() || !has_registry;
+        if active <= 0 && flushed {
+            log::info!("drained: exiting");
+            return ExitCode::SUCCESS;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            log::warn!("drain timeout: exiting with {active} connections still open");
+            return ExitCode::SUCCESS;
+        }
+        let wait = (deadline - now).min(Duration::from_millis(50));
+        match sys::wait_signal_timeout(&[libc::SIGTERM, libc::SIGINT], wait) {
+            Ok(Some(sig)) => {
+                log::warn!(
+                    "signal {sig} while draining: exiting now with {active} connections open"
+                );
+                return ExitCode::from(1);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                log::error!("cannot wait for signals: {e}");
+                return ExitCode::from(1);
+            }
         }
     }
 }

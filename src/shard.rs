@@ -11,6 +11,7 @@
 
 use crate::config::Config;
 use crate::registry::{Registry, SnapshotCell};
+use crate::shutdown::until_drain;
 use glommio::{LocalExecutorBuilder, Placement};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::cell::RefCell;
@@ -243,6 +244,7 @@ fn check_memlock(shards: usize) -> Result<(), StartError> {
 pub struct Hub {
     pub addrs: BoundAddrs,
     pub cell: Arc<SnapshotCell>,
+    pub metrics: Arc<crate::metrics::Metrics>,
     handles: Vec<glommio::ExecutorJoinHandle<()>>,
 }
 
@@ -344,6 +346,7 @@ pub fn start(cfg: Config) -> Result<Hub, StartError> {
     Ok(Hub {
         addrs,
         cell,
+        metrics: all_metrics,
         handles,
     })
 }
@@ -370,11 +373,13 @@ async fn run_shard(
     let mut tasks = Vec::new();
     for (sock, app) in socks.proxies {
         let listener = glommio_tcp(sock);
-        tasks.push(glommio::spawn_local(crate::proxy::serve(
+        // Accept loops end when draining starts: dropping them closes the listeners, while
+        // the connections they spawned run on to their end.
+        tasks.push(glommio::spawn_local(until_drain(crate::proxy::serve(
             ctx.clone(),
             listener,
             app.map(Rc::from),
-        )));
+        ))));
     }
     if let Some(sock) = socks.dns_udp {
         tasks.push(glommio::spawn_local(crate::dns::serve_udp(
@@ -383,10 +388,10 @@ async fn run_shard(
         )));
     }
     if let Some(sock) = socks.dns_tcp {
-        tasks.push(glommio::spawn_local(crate::dns::serve_tcp(
+        tasks.push(glommio::spawn_local(until_drain(crate::dns::serve_tcp(
             ctx.clone(),
             glommio_tcp(sock),
-        )));
+        ))));
     }
     if let Some((registry, mut recovered)) = control {
         let store = match recovered {
@@ -418,9 +423,11 @@ async fn run_shard(
         let control = async move {
             let sweeper =
                 glommio::spawn_local(crate::api::sweeper(control_ctx.clone(), control.clone()));
+            let flusher = glommio::spawn_local(crate::api::flush_on_drain(control.clone()));
             if let Some(listener) = api_listener {
-                crate::api::serve(control_ctx, listener, control).await;
+                until_drain(crate::api::serve(control_ctx, listener, control)).await;
             }
+            flusher.await;
             sweeper.await;
         };
         match glommio::spawn_local_into(control, api_queue) {

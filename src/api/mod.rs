@@ -293,6 +293,17 @@ async fn connection(ctx: &ShardCtx, mut stream: TcpStream, control: &Control) ->
     }
 }
 
+/// Once draining starts: makes every pending change durable (heartbeats included) and tells
+/// the main thread, which exits only after that (or after the drain timeout).
+pub async fn flush_on_drain(control: Rc<Control>) {
+    crate::shutdown::drain_started().await;
+    match control.commit_and_publish().await {
+        Ok(()) => log::info!("shutdown: registry flushed"),
+        Err(e) => log::error!("shutdown: cannot flush the registry: {e}"),
+    }
+    crate::shutdown::mark_flushed();
+}
+
 /// Once a second: notes backends that missed their heartbeat, deletes those past the grace
 /// period, syncs pending heartbeats, republishes when the registry changed, and compacts the
 /// log when it has grown.
