@@ -157,16 +157,9 @@ mod tests {
 
     fn spec(id: &str, app: &str, region: &str, weight: u32) -> BackendSpec {
         BackendSpec {
-            id: id.into(),
-            app: app.into(),
-            region: region.into(),
-            country: None,
-            ip: "10.0.0.1".parse().unwrap(),
-            port: 80,
             weight,
-            soft_limit: None,
-            hard_limit: None,
             ttl_secs: Some(60),
+            ..BackendSpec::new(id, app, region, "10.0.0.1".parse().unwrap(), 80)
         }
     }
 

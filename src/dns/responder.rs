@@ -418,16 +418,8 @@ mod tests {
 
     fn spec(id: &str, app: &str, region: &str, ip: &str) -> BackendSpec {
         BackendSpec {
-            id: id.into(),
-            app: app.into(),
-            region: region.into(),
-            country: None,
-            ip: ip.parse().unwrap(),
-            port: 80,
-            weight: 1,
-            soft_limit: None,
-            hard_limit: None,
             ttl_secs: Some(60),
+            ..BackendSpec::new(id, app, region, ip.parse().unwrap(), 80)
         }
     }
 

@@ -136,6 +136,25 @@ pub struct BackendSpec {
     pub ttl_secs: Option<u64>,
 }
 
+impl BackendSpec {
+    /// A registration with the required fields and every optional one at its default
+    /// (weight 1, no limits, the hub's TTL).
+    pub fn new(id: &str, app: &str, region: &str, ip: IpAddr, port: u16) -> BackendSpec {
+        BackendSpec {
+            id: id.into(),
+            app: app.into(),
+            region: region.into(),
+            country: None,
+            ip,
+            port,
+            weight: 1,
+            soft_limit: None,
+            hard_limit: None,
+            ttl_secs: None,
+        }
+    }
+}
+
 /// Whether a registration created a backend or updated an existing id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Registered {
@@ -521,19 +540,8 @@ impl Registry {
 mod tests {
     use super::*;
 
-    pub(crate) fn spec(id: &str, app: &str, region: &str, ip: &str) -> BackendSpec {
-        BackendSpec {
-            id: id.into(),
-            app: app.into(),
-            region: region.into(),
-            country: None,
-            ip: ip.parse().unwrap(),
-            port: 80,
-            weight: 1,
-            soft_limit: None,
-            hard_limit: None,
-            ttl_secs: None,
-        }
+    fn spec(id: &str, app: &str, region: &str, ip: &str) -> BackendSpec {
+        BackendSpec::new(id, app, region, ip.parse().unwrap(), 80)
     }
 
     fn registry() -> (Registry, Arc<SnapshotCell>) {
