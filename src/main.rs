@@ -77,7 +77,18 @@ fn main() -> ExitCode {
         log_cfg.shards,
         log_cfg.region
     );
-    match hub.join() {
+    // systemd (Type=notify): every shard serves; then keep the watchdog fed while DNS answers.
+    edgeproxy::notify::ready(&format!(
+        "serving: proxy={} shards={}",
+        hub.addrs.proxy, log_cfg.shards
+    ));
+    edgeproxy::notify::spawn_watchdog(hub.addrs.dns.map(|dns| edgeproxy::notify::Probe {
+        dns,
+        zone: log_cfg.dns_zone.clone(),
+    }));
+    let joined = hub.join();
+    edgeproxy::notify::stopping();
+    match joined {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("{e}");
