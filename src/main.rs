@@ -37,6 +37,7 @@ fn main() -> ExitCode {
         }
     };
     init_logging(&args.log_level);
+    edgeproxy::notify::ignore_reload_signal();
     let cfg = match Config::from_args(args, &allowed_cpus()) {
         Ok(cfg) => cfg,
         Err(e) => {

@@ -10,6 +10,7 @@
 //! - [`stopping`]: when shutdown begins (`STOPPING=1`).
 //! - [`watchdog`] / [`watchdog_interval`] / [`spawn_watchdog`]: `WATCHDOG=1` every half of
 //!   `$WATCHDOG_USEC`, from a plain thread, never from a shard.
+//! - [`ignore_reload_signal`]: `systemctl reload` (SIGHUP) must not end the hub.
 //!
 //! Why a thread and not a shard task: a shard timer keeps firing as long as that one executor
 //! turns, which says nothing about the others, and a shard must never block on a probe. The
@@ -90,6 +91,23 @@ pub fn stopping() {
 /// One watchdog keep-alive: `WATCHDOG=1`.
 pub fn watchdog() {
     notify_logged("WATCHDOG=1\n");
+}
+
+/// Makes SIGHUP harmless. `systemctl reload` sends it (`ExecReload=` in the unit), and its
+/// default action ends the process, which `Restart=on-failure` counts as a clean exit: the hub
+/// would stay down. Nothing is reloadable yet, so the signal is ignored; a reload handler
+/// replaces this disposition when there is something to reload.
+pub fn ignore_reload_signal() {
+    // SAFETY: SIG_IGN installs no handler code, so nothing can run in signal context; signal()
+    // only changes this process's disposition for SIGHUP. A thread that later blocks SIGHUP to
+    // read it from a signalfd still receives it: blocked signals are never discarded as ignored.
+    let previous = unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
+    if previous == libc::SIG_ERR {
+        log::warn!(
+            "cannot ignore SIGHUP ({}): `systemctl reload` would stop the hub",
+            io::Error::last_os_error()
+        );
+    }
 }
 
 /// How often to ping the watchdog: half of `$WATCHDOG_USEC`, when it is set and (if

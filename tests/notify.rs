@@ -1,6 +1,7 @@
 //! systemd integration through the real binary: a fake `$NOTIFY_SOCKET` (a datagram socket in a
 //! temp dir, or in the abstract namespace) receives `READY=1` once the hub serves, and
-//! `WATCHDOG=1` pings when `$WATCHDOG_USEC` asks for them.
+//! `WATCHDOG=1` pings when `$WATCHDOG_USEC` asks for them; `systemctl reload` (SIGHUP) is
+//! harmless.
 
 mod common;
 
@@ -91,4 +92,17 @@ fn abstract_socket_and_watchdog_pings() {
     recv_until(&sock, "WATCHDOG=1");
     recv_until(&sock, "WATCHDOG=1");
     hub.wait_log("watchdog: pinging systemd every 100ms while DNS on");
+}
+
+#[test]
+fn reload_signal_does_not_stop_the_hub() {
+    // `systemctl reload` sends SIGHUP; its default action would end the process (and
+    // Restart=on-failure would not bring it back). A fatal signal takes the process down as
+    // it is sent, so the request below would find no hub.
+    let hub = Hub::start(&[]);
+    let pid = libc::pid_t::try_from(hub.pid()).unwrap();
+    // SAFETY: kill(2) with a pid we own (our child, still unreaped) and a valid signal.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+    let (status, _) = hub.api("GET", "/health", None);
+    assert_eq!(status, 200);
 }
