@@ -19,6 +19,7 @@
 //! - [`proxy`]: TCP forwarding (splice or copy) with connect retries.
 //! - [`shard`]: spawning pinned executors, binding listeners on every shard, startup errors.
 //! - [`notify`]: systemd readiness and watchdog (`sd_notify`), off the shards.
+//! - [`doctor`]: `edgeproxy doctor`, the machine against `tuning/` and the configuration.
 //!
 //! Nothing on a shard blocks or takes a lock: shared state is either the `ArcSwap` snapshot or
 //! single-writer atomics (see [`registry::BackendLive`]).
@@ -27,6 +28,7 @@ pub mod api;
 pub mod clock;
 pub mod config;
 pub mod dns;
+pub mod doctor;
 pub mod geo;
 pub mod names;
 pub mod notify;

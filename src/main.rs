@@ -26,9 +26,35 @@ fn init_logging(level: &str) {
         .init();
 }
 
+/// The command line: the hub's settings, or a subcommand with its own.
+#[derive(clap::Parser)]
+#[command(
+    name = "edgeproxy",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(flatten)]
+    hub: Args,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Check this machine for running a hub with these settings (sysctls, limits, io_uring,
+    /// CPUs, ports); exit 1 if a check fails.
+    Doctor(edgeproxy::doctor::DoctorArgs),
+}
+
 fn main() -> ExitCode {
-    let args = match Args::try_parse() {
-        Ok(args) => args,
+    let args = match Cli::try_parse() {
+        Ok(Cli {
+            command: Some(Command::Doctor(doctor)),
+            ..
+        }) => return edgeproxy::doctor::run(doctor),
+        Ok(cli) => cli.hub,
         Err(e) => {
             // --help and --version are not errors.
             let code = if e.use_stderr() { 2 } else { 0 };
