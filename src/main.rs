@@ -29,9 +29,35 @@ fn init_logging(level: &str) {
         .init();
 }
 
+/// The command line: the hub's settings, or a subcommand with its own.
+#[derive(clap::Parser)]
+#[command(
+    name = "edgeproxy",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(flatten)]
+    hub: Args,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Check this machine for running a hub with these settings (sysctls, limits, io_uring,
+    /// CPUs, ports); exit 1 if a check fails.
+    Doctor(edgeproxy::doctor::DoctorArgs),
+}
+
 fn main() -> ExitCode {
-    let args = match Args::try_parse() {
-        Ok(args) => args,
+    let args = match Cli::try_parse() {
+        Ok(Cli {
+            command: Some(Command::Doctor(doctor)),
+            ..
+        }) => return edgeproxy::doctor::run(doctor),
+        Ok(cli) => cli.hub,
         Err(e) => {
             // --help and --version are not errors.
             let code = if e.use_stderr() { 2 } else { 0 };
@@ -93,6 +119,15 @@ fn main() -> ExitCode {
         log_cfg.shards,
         log_cfg.region
     );
+    // systemd (Type=notify): every shard serves; then keep the watchdog fed while DNS answers.
+    edgeproxy::notify::ready(&format!(
+        "serving: proxy={} shards={}",
+        hub.addrs.proxy, log_cfg.shards
+    ));
+    edgeproxy::notify::spawn_watchdog(hub.addrs.dns.map(|dns| edgeproxy::notify::Probe {
+        dns,
+        zone: log_cfg.dns_zone.clone(),
+    }));
     let metrics = hub.metrics.clone();
     // A shard that stops on its own is a bug: do not keep half a hub running.
     std::thread::spawn(move || {
@@ -132,6 +167,7 @@ const SIGNALS: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
 /// `timeout`), then exits 0. A second SIGTERM/SIGINT exits at once.
 fn drain(metrics: &Metrics, timeout: Duration, has_registry: bool) -> ExitCode {
     shutdown::begin();
+    edgeproxy::notify::stopping();
     let deadline = Instant::now() + timeout;
     loop {
         let active: i64 = metrics.shards.iter().map(|m| m.proxy_active.get()).sum();

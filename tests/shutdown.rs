@@ -41,11 +41,3 @@ fn the_last_heartbeat_before_sigterm_is_kept() {
     assert_eq!(b["last_heartbeat_secs"], 0, "{b}");
     assert!(b["registered_secs"].as_u64().unwrap() >= 1, "{b}");
 }
-
-#[test]
-fn sighup_is_not_fatal() {
-    let hub = Hub::start(&[]);
-    hub.signal(libc::SIGHUP);
-    hub.wait_log("SIGHUP");
-    assert_eq!(hub.api("GET", "/health", None).0, 200);
-}
