@@ -54,6 +54,8 @@ pub enum SpliceMode {
     Always,
     /// Never splice: copy through a per-connection buffer.
     Never,
+    /// Copy, and switch a direction to splice once it moves a full buffer at a time (bulk).
+    Auto,
 }
 
 fn parse_bool(s: &str) -> Result<bool, String> {
