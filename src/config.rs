@@ -18,7 +18,8 @@ use std::time::Duration;
 /// The DNS TTL, in seconds, of every answer when not configured.
 pub const DEFAULT_DNS_TTL_SECS: u32 = 5;
 
-/// `PORT=APP`: an extra TCP listener that serves one app only.
+/// `PORT=APP`: an extra TCP listener that serves one app only (port 0: the OS picks one, which
+/// the `ready:` log line then names).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
     pub port: u16,
@@ -35,10 +36,7 @@ impl std::str::FromStr for Route {
         let port: u16 = port
             .trim()
             .parse()
-            .map_err(|_| format!("invalid route '{s}': port must be 1-65535"))?;
-        if port == 0 {
-            return Err(format!("invalid route '{s}': port must be 1-65535"));
-        }
+            .map_err(|_| format!("invalid route '{s}': port must be 0-65535"))?;
         let app = app.trim().to_ascii_lowercase();
         if !crate::names::is_dns_name(&app) {
             return Err(format!("invalid route '{s}': app must be DNS-safe labels"));
@@ -307,7 +305,7 @@ impl Config {
             .collect();
         let mut seen_ports = std::collections::BTreeSet::new();
         for r in &args.routes {
-            if !seen_ports.insert(r.port) {
+            if r.port != 0 && !seen_ports.insert(r.port) {
                 return Err(ConfigError(format!("--route: port {} given twice", r.port)));
             }
             if r.port == args.listen_addr.port() && args.listen_addr.port() != 0 {
@@ -427,7 +425,8 @@ mod tests {
             }
         );
         assert!(parse(&["--route", "9000"]).is_err());
-        assert!(parse(&["--route", "0=a"]).is_err());
+        assert!(parse(&["--route", "x=a"]).is_err());
+        assert!(parse(&["--route", "9000=a_b"]).is_err());
         assert!(parse(&["--route", "9000=a", "--route", "9000=b"]).is_err());
         assert!(parse(&["--route", "8080=a"]).is_err());
         assert!(parse(&["--region", "s"]).is_err());

@@ -104,7 +104,7 @@ impl RegionMap {
     }
 
     pub fn new(mut entries: Vec<CidrRegion>) -> Self {
-        entries.sort_by(|a, b| b.prefix.cmp(&a.prefix));
+        entries.sort_by_key(|e| std::cmp::Reverse(e.prefix));
         RegionMap { entries }
     }
 

@@ -58,7 +58,7 @@ fn main() -> ExitCode {
     };
     edgeproxy::shard::log_listeners(&log_cfg, &hub.addrs);
     log::info!(
-        "ready: proxy={} api={} dns={} shards={} region={}",
+        "ready: proxy={} api={} dns={} routes={} shards={} region={}",
         hub.addrs.proxy,
         hub.addrs
             .api
@@ -68,6 +68,12 @@ fn main() -> ExitCode {
             .dns
             .map(|a| a.to_string())
             .unwrap_or_else(|| "off".into()),
+        hub.addrs
+            .routes
+            .iter()
+            .map(|(a, app)| format!("{a}/{app}"))
+            .collect::<Vec<_>>()
+            .join(","),
         log_cfg.shards,
         log_cfg.region
     );

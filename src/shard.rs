@@ -113,7 +113,7 @@ fn udp_socket(addr: SocketAddr) -> io::Result<Socket> {
 fn local_addr(sock: &Socket) -> io::Result<SocketAddr> {
     sock.local_addr()?
         .as_socket()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::Other, "not an IP socket"))
+        .ok_or_else(|| io::Error::other("not an IP socket"))
 }
 
 /// Binds `n` TCP listeners on `addr` (resolving port 0 with the first).

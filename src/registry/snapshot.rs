@@ -10,13 +10,16 @@ use arc_swap::{ArcSwap, Guard};
 use std::collections::HashMap;
 use std::sync::Arc;
 
+/// One region's members of a group: (region code, indexes).
+pub type RegionMembers = (Box<str>, Box<[u32]>);
+
 /// The candidates of one app (or of every app), as indexes into [`Snapshot::backends`].
 #[derive(Debug, Default)]
 pub struct AppGroup {
     /// Every member, in id order.
     pub members: Box<[u32]>,
     /// Members per region (lower-case region code), regions in name order.
-    pub regions: Box<[(Box<str>, Box<[u32]>)]>,
+    pub regions: Box<[RegionMembers]>,
 }
 
 impl AppGroup {

@@ -1,0 +1,292 @@
+//! Turning a registration body into a [`BackendSpec`], with errors precise enough to act on:
+//! which field, and what is wrong with it.
+
+use crate::names;
+use crate::registry::BackendSpec;
+use serde_json::{Map, Value};
+use std::net::IpAddr;
+
+/// A refused registration: the message and, when one field is at fault, its name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    pub message: String,
+    pub field: Option<&'static str>,
+}
+
+fn invalid(field: &'static str, message: impl Into<String>) -> Invalid {
+    Invalid {
+        message: message.into(),
+        field: Some(field),
+    }
+}
+
+const KNOWN_FIELDS: &[&str] = &[
+    "id",
+    "app",
+    "region",
+    "ip",
+    "port",
+    "country",
+    "weight",
+    "soft_limit",
+    "hard_limit",
+    "ttl_secs",
+];
+
+/// A required, non-empty string field.
+fn string<'a>(obj: &'a Map<String, Value>, field: &'static str) -> Result<&'a str, Invalid> {
+    match obj.get(field) {
+        None | Some(Value::Null) => {
+            Err(invalid(field, format!("missing required field '{field}'")))
+        }
+        Some(Value::String(s)) if s.trim().is_empty() => {
+            Err(invalid(field, format!("'{field}' must not be empty")))
+        }
+        Some(Value::String(s)) => Ok(s.trim()),
+        Some(_) => Err(invalid(field, format!("'{field}' must be a string"))),
+    }
+}
+
+/// An optional unsigned integer field within `range`.
+fn opt_uint(
+    obj: &Map<String, Value>,
+    field: &'static str,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<Option<u64>, Invalid> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => match n.as_u64() {
+            Some(v) if range.contains(&v) => Ok(Some(v)),
+            _ => Err(invalid(
+                field,
+                format!(
+                    "'{field}' must be an integer from {} to {}",
+                    range.start(),
+                    range.end()
+                ),
+            )),
+        },
+        Some(_) => Err(invalid(field, format!("'{field}' must be an integer"))),
+    }
+}
+
+/// Validates a registration body.
+pub fn registration(body: &[u8]) -> Result<BackendSpec, Invalid> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| Invalid {
+        message: format!("malformed JSON: {e}"),
+        field: None,
+    })?;
+    let Value::Object(obj) = value else {
+        return Err(Invalid {
+            message: "the body must be a JSON object".into(),
+            field: None,
+        });
+    };
+    if let Some(unknown) = obj.keys().find(|k| !KNOWN_FIELDS.contains(&k.as_str())) {
+        return Err(Invalid {
+            message: format!(
+                "unknown field '{unknown}' (known: {})",
+                KNOWN_FIELDS.join(", ")
+            ),
+            field: None,
+        });
+    }
+    let id = string(&obj, "id")?;
+    if !names::is_dns_name(id) {
+        return Err(invalid(
+            "id",
+            "'id' must be DNS-safe labels: letters, digits and '-', separated by dots",
+        ));
+    }
+    let app = string(&obj, "app")?;
+    if !names::is_dns_name(app) {
+        return Err(invalid(
+            "app",
+            "'app' must be DNS-safe labels: letters, digits and '-', separated by dots",
+        ));
+    }
+    let region = string(&obj, "region")?.to_ascii_lowercase();
+    if !names::is_region_code(&region) {
+        return Err(invalid(
+            "region",
+            "'region' must be a region code: 2-16 letters, digits or '-' (sa, us, eu, ap, gru...)",
+        ));
+    }
+    let ip: IpAddr = string(&obj, "ip")?
+        .parse()
+        .map_err(|_| invalid("ip", "'ip' must be an IPv4 or IPv6 address"))?;
+    if ip.is_unspecified() || ip.is_multicast() {
+        return Err(invalid(
+            "ip",
+            "'ip' must be a unicast address a backend can listen on",
+        ));
+    }
+    let port = match obj.get("port") {
+        None | Some(Value::Null) => return Err(invalid("port", "missing required field 'port'")),
+        Some(Value::Number(n)) => match n.as_u64() {
+            Some(p @ 1..=65535) => p as u16,
+            _ => return Err(invalid("port", "'port' must be an integer from 1 to 65535")),
+        },
+        Some(_) => return Err(invalid("port", "'port' must be an integer")),
+    };
+    let country = match obj.get("country") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(c)) if names::is_country_code(c.trim()) => {
+            Some(c.trim().to_ascii_uppercase())
+        }
+        Some(_) => {
+            return Err(invalid(
+                "country",
+                "'country' must be a two-letter ISO 3166 code such as BR",
+            ))
+        }
+    };
+    let weight = opt_uint(&obj, "weight", 1..=100)?.unwrap_or(1) as u32;
+    let soft_limit = opt_uint(&obj, "soft_limit", 0..=u64::from(u32::MAX))?.map(|v| v as u32);
+    let hard_limit = opt_uint(&obj, "hard_limit", 1..=u64::from(u32::MAX))?.map(|v| v as u32);
+    if let (Some(soft), Some(hard)) = (soft_limit, hard_limit) {
+        if hard < soft {
+            return Err(invalid(
+                "hard_limit",
+                format!("'hard_limit' ({hard}) must not be below 'soft_limit' ({soft})"),
+            ));
+        }
+    }
+    let ttl_secs = opt_uint(&obj, "ttl_secs", 0..=365 * 86_400)?;
+    Ok(BackendSpec {
+        id: id.to_string(),
+        app: app.to_ascii_lowercase(),
+        region,
+        country,
+        ip,
+        port,
+        weight,
+        soft_limit,
+        hard_limit,
+        ttl_secs,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(body: &str) -> Invalid {
+        registration(body.as_bytes()).expect_err(body)
+    }
+
+    #[test]
+    fn seed_registration_is_accepted() {
+        let spec = registration(
+            br#"{"id":"pop-gru","app":"gru.pop","region":"sa","ip":"10.50.1.1","port":80}"#,
+        )
+        .unwrap();
+        assert_eq!(spec.id, "pop-gru");
+        assert_eq!(spec.app, "gru.pop");
+        assert_eq!(spec.region, "sa");
+        assert_eq!(spec.ip, "10.50.1.1".parse::<IpAddr>().unwrap());
+        assert_eq!(spec.port, 80);
+        assert_eq!(spec.weight, 1);
+        assert_eq!(spec.ttl_secs, None);
+    }
+
+    #[test]
+    fn optional_fields() {
+        let spec = registration(
+            br#"{"id":"b","app":"App","region":"EU","ip":"::1","port":8080,"country":"de",
+                 "weight":5,"soft_limit":200,"hard_limit":300,"ttl_secs":0}"#,
+        )
+        .unwrap();
+        assert_eq!(spec.app, "app");
+        assert_eq!(spec.region, "eu");
+        assert_eq!(spec.country.as_deref(), Some("DE"));
+        assert_eq!(
+            (spec.weight, spec.soft_limit, spec.hard_limit),
+            (5, Some(200), Some(300))
+        );
+        assert_eq!(spec.ttl_secs, Some(0));
+    }
+
+    #[test]
+    fn precise_errors() {
+        let base = r#""id":"b","app":"a","region":"sa","ip":"10.0.0.1","port":80"#;
+        assert_eq!(err("{").field, None);
+        assert!(err("{").message.starts_with("malformed JSON"));
+        assert_eq!(err("[]").field, None);
+        assert_eq!(
+            err(r#"{"app":"a","region":"sa","ip":"10.0.0.1","port":80}"#).field,
+            Some("id")
+        );
+        assert_eq!(
+            err(r#"{"id":"","app":"a","region":"sa","ip":"10.0.0.1","port":80}"#).field,
+            Some("id")
+        );
+        assert_eq!(
+            err(r#"{"id":5,"app":"a","region":"sa","ip":"10.0.0.1","port":80}"#).field,
+            Some("id")
+        );
+        assert_eq!(
+            err(r#"{"id":"a b","app":"a","region":"sa","ip":"10.0.0.1","port":80}"#).field,
+            Some("id")
+        );
+        assert_eq!(
+            err(r#"{"id":"b","app":"a_b","region":"sa","ip":"10.0.0.1","port":80}"#).field,
+            Some("app")
+        );
+        assert_eq!(
+            err(r#"{"id":"b","app":"a","region":"s","ip":"10.0.0.1","port":80}"#).field,
+            Some("region")
+        );
+        assert_eq!(
+            err(r#"{"id":"b","app":"a","region":"sa","ip":"10.0.0","port":80}"#).field,
+            Some("ip")
+        );
+        assert_eq!(
+            err(r#"{"id":"b","app":"a","region":"sa","ip":"0.0.0.0","port":80}"#).field,
+            Some("ip")
+        );
+        assert_eq!(
+            err(r#"{"id":"b","app":"a","region":"sa","ip":"10.0.0.1","port":0}"#).field,
+            Some("port")
+        );
+        assert_eq!(
+            err(r#"{"id":"b","app":"a","region":"sa","ip":"10.0.0.1","port":65536}"#).field,
+            Some("port")
+        );
+        assert_eq!(
+            err(r#"{"id":"b","app":"a","region":"sa","ip":"10.0.0.1","port":"80"}"#).field,
+            Some("port")
+        );
+        assert_eq!(
+            err(r#"{"id":"b","app":"a","region":"sa","ip":"10.0.0.1"}"#).field,
+            Some("port")
+        );
+        assert_eq!(
+            err(&format!("{{{base},\"weight\":0}}")).field,
+            Some("weight")
+        );
+        assert_eq!(
+            err(&format!("{{{base},\"weight\":101}}")).field,
+            Some("weight")
+        );
+        assert_eq!(
+            err(&format!("{{{base},\"weight\":1.5}}")).field,
+            Some("weight")
+        );
+        assert_eq!(
+            err(&format!("{{{base},\"soft_limit\":10,\"hard_limit\":5}}")).field,
+            Some("hard_limit")
+        );
+        assert_eq!(
+            err(&format!("{{{base},\"country\":\"BRA\"}}")).field,
+            Some("country")
+        );
+        assert_eq!(
+            err(&format!("{{{base},\"ttl_secs\":-1}}")).field,
+            Some("ttl_secs")
+        );
+        assert!(err(&format!("{{{base},\"wieght\":2}}"))
+            .message
+            .contains("unknown field 'wieght'"));
+    }
+}
