@@ -48,6 +48,8 @@ struct Direction {
     splice: bool,
     /// Switch to `splice` once a read fills a whole buffer (a bulk transfer).
     auto: bool,
+    /// Capacity asked for new pipes.
+    pipe_size: usize,
     /// `src` reached end of stream; `dst` is shut down once everything is written.
     eof: bool,
     /// Finished: `dst` was shut down for writing.
@@ -57,12 +59,13 @@ struct Direction {
 }
 
 impl Direction {
-    fn new(mode: SpliceMode) -> Direction {
+    fn new(mode: SpliceMode, pipe_size: usize) -> Direction {
         Direction {
             pending: None,
             pipe: None,
             splice: mode == SpliceMode::Always,
             auto: mode == SpliceMode::Auto,
+            pipe_size,
             eof: false,
             done: false,
             moved: 0,
@@ -137,7 +140,7 @@ impl Direction {
             }
             // 3. Read more: splice when asked to, else (or when the source is idle) copy.
             if self.splice {
-                if let Some(mut pipe) = pool::take_pipe() {
+                if let Some(mut pipe) = pool::take_pipe(self.pipe_size) {
                     match pipe.fill_from(src.as_raw_fd()) {
                         Ok(0) => {
                             pool::put_pipe(pipe);
@@ -205,15 +208,24 @@ pub struct Outcome {
     pub result: io::Result<()>,
 }
 
+/// How to forward: from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    pub mode: SpliceMode,
+    /// Capacity of splice pipes, bytes.
+    pub pipe_size: usize,
+    /// Close when nothing moved either way for this long.
+    pub idle: Duration,
+}
+
 /// Forwards between `client` and `backend` until both directions end, one fails, or nothing
-/// moves for `idle`. Both streams are closed when it returns.
-pub async fn forward(
-    client: TcpStream,
-    backend: TcpStream,
-    mode: SpliceMode,
-    idle: Duration,
-) -> Outcome {
-    let mut mode = mode;
+/// moves for `opts.idle`. Both streams are closed when it returns.
+pub async fn forward(client: TcpStream, backend: TcpStream, opts: Options) -> Outcome {
+    let Options {
+        mut mode,
+        pipe_size,
+        idle,
+    } = opts;
     if mode != SpliceMode::Never {
         // splice(2) would sleep on a blocking socket; without O_NONBLOCK, copy.
         if let Err(e) = splice::set_nonblocking(client.as_raw_fd())
@@ -228,8 +240,8 @@ pub async fn forward(
     let mut fwd = Forward {
         client,
         backend,
-        up: Direction::new(mode),
-        down: Direction::new(mode),
+        up: Direction::new(mode, pipe_size),
+        down: Direction::new(mode, pipe_size),
         idle_ms,
         last_active_ms: now,
         timer_due_ms: now + idle_ms,

@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use forward::{forward, Outcome};
+pub use forward::{forward, Options, Outcome};
 
 /// Pause after a failed accept (EMFILE, ENOBUFS…) before trying again.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
@@ -74,8 +74,7 @@ pub async fn serve(ctx: Rc<ShardCtx>, listener: TcpListener, app: Option<Rc<str>
             Ok(client) => client,
             Err(e) => {
                 let now = crate::clock::now_ms();
-                if last_log_ms.map_or(true, |t| now.saturating_sub(t) >= ACCEPT_ERROR_LOG_EVERY_MS)
-                {
+                if last_log_ms.is_none_or(|t| now.saturating_sub(t) >= ACCEPT_ERROR_LOG_EVERY_MS) {
                     log::warn!(
                         "shard {}: accept failed: {e} ({suppressed} more since the last report); \
                          retrying (EMFILE: raise LimitNOFILE)",
@@ -204,7 +203,12 @@ async fn proxy_connection(ctx: &ShardCtx, client: TcpStream, app: Option<&str>) 
         return;
     };
     let _ = backend.set_nodelay(true);
-    let out = forward(client, backend, ctx.cfg.splice, ctx.cfg.idle_timeout).await;
+    let opts = Options {
+        mode: ctx.cfg.splice,
+        pipe_size: ctx.cfg.splice_pipe_size,
+        idle: ctx.cfg.idle_timeout,
+    };
+    let out = forward(client, backend, opts).await;
     match &out.result {
         Ok(()) => log::trace!(
             "{peer} <-> {}: closed, {} B up, {} B down",

@@ -11,8 +11,6 @@ use std::cell::RefCell;
 
 /// Size of one copy buffer (also the most read from a pipe when its destination is full).
 pub const BUF_SIZE: usize = 64 * 1024;
-/// Capacity requested for splice pipes (the kernel default is 64 KiB).
-pub const PIPE_SIZE: usize = 64 * 1024;
 /// Most idle buffers kept per shard; beyond that, returned buffers are freed.
 const MAX_IDLE_BUFS: usize = 64;
 /// Most idle pipes kept per shard (two descriptors each); beyond that, they are closed.
@@ -44,13 +42,13 @@ pub fn put_buf(buf: Box<[u8]>) {
     })
 }
 
-/// An empty pipe, or `None` when none can be created (out of descriptors): the caller then
-/// copies instead of splicing.
-pub fn take_pipe() -> Option<Pipe> {
+/// An empty pipe (a new one gets `size` bytes of capacity, best effort), or `None` when none
+/// can be created (out of descriptors): the caller then copies instead of splicing.
+pub fn take_pipe(size: usize) -> Option<Pipe> {
     if let Some(pipe) = POOLS.with(|p| p.borrow_mut().pipes.pop()) {
         return Some(pipe);
     }
-    match Pipe::new(PIPE_SIZE) {
+    match Pipe::new(size) {
         Ok(pipe) => Some(pipe),
         Err(e) => {
             log::debug!("cannot create a splice pipe ({e}); copying instead");
