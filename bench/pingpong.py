@@ -11,7 +11,6 @@ usage: bench/pingpong.py [REPEAT] [MODES...]   e.g. bench/pingpong.py 3 never al
 import glob, json, os, socket, statistics, subprocess, sys, threading, time, urllib.request
 
 SIZE, ROUNDS, CONNS = 64, 5000, 4
-PROXY, API = 18090, 18091
 BIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "target", "release", "edgeproxy")
 
 
@@ -43,20 +42,22 @@ def cpu_ns(pid):
 
 
 def run_mode(mode, backend_port):
+    # Ports from the OS: other hubs may run on this machine.
     hub = subprocess.Popen(
-        ["taskset", "-c", "0", BIN, "--shards", "1", f"--listen-addr=127.0.0.1:{PROXY}",
-         f"--api-listen-addr=127.0.0.1:{API}", "--dns-enabled=false", f"--splice={mode}",
-         "--log-level=warn"])
+        ["taskset", "-c", "0", BIN, "--shards", "1", "--listen-addr=127.0.0.1:0",
+         "--api-listen-addr=127.0.0.1:0", "--dns-enabled=false", f"--splice={mode}"],
+        stderr=subprocess.PIPE, text=True)
     try:
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{API}/health", timeout=1).read()
+        for line in hub.stderr:
+            if " ready: " in line:
+                fields = dict(w.split("=", 1) for w in line.split() if "=" in w)
+                proxy, api = fields["proxy"], fields["api"]
                 break
-            except OSError:
-                time.sleep(0.05)
+        PROXY = int(proxy.rsplit(":", 1)[1])
+        API = api
         body = json.dumps({"id": "pp", "app": "pp", "region": "sa", "ip": "127.0.0.1",
                            "port": backend_port}).encode()
-        req = urllib.request.Request(f"http://127.0.0.1:{API}/api/v1/register", data=body,
+        req = urllib.request.Request(f"http://{API}/api/v1/register", data=body,
                                      headers={"Content-Type": "application/json"})
         urllib.request.urlopen(req, timeout=5).read()
         msg = b"x" * SIZE

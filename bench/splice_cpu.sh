@@ -17,9 +17,9 @@ shift || true
 EXTRA=("$@")
 REPEAT=${REPEAT:-5}
 MODES=${MODES:-never always auto}
-PROXY_PORT=18080
-API_PORT=18081
-BACKEND_PORT=15201
+# Every port comes from the OS (other hubs may run on this machine).
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+BACKEND_PORT=$(free_port)
 RESULTS=$(mktemp)
 
 taskset -c 1 iperf3 -s -p $BACKEND_PORT >/dev/null 2>&1 &
@@ -42,16 +42,19 @@ for round in $(seq "$REPEAT"); do
     mode=${spec%%:*}
     pipe=262144
     [[ $spec == *:* ]] && pipe=${spec#*:}
-    taskset -c 0 $BIN --shards 1 --listen-addr 127.0.0.1:$PROXY_PORT \
-      --api-listen-addr 127.0.0.1:$API_PORT --dns-enabled false --splice "$mode" --splice-pipe-size "$pipe" \
-      --log-level warn 2>>/tmp/edgeproxy-bench.log &
+    LOG=$(mktemp)
+    taskset -c 0 $BIN --shards 1 --listen-addr 127.0.0.1:0 --api-listen-addr 127.0.0.1:0 \
+      --dns-enabled false --splice "$mode" --splice-pipe-size "$pipe" 2>"$LOG" &
     HUB=$!
-    for _ in $(seq 50); do curl -s -o /dev/null http://127.0.0.1:$API_PORT/health && break; sleep 0.1; done
-    curl -s -o /dev/null -X POST http://127.0.0.1:$API_PORT/api/v1/register \
+    for _ in $(seq 100); do grep -q ' ready: ' "$LOG" && break; sleep 0.05; done
+    PROXY=$(grep -o 'ready: proxy=[^ ]*' "$LOG" | cut -d= -f2)
+    API=$(grep -o ' api=[^ ]*' "$LOG" | head -1 | cut -d= -f2)
+    rm -f "$LOG"
+    curl -sf -o /dev/null -X POST "http://$API/api/v1/register" \
       -H 'Content-Type: application/json' \
       -d "{\"id\":\"b1\",\"app\":\"bulk\",\"region\":\"sa\",\"ip\":\"127.0.0.1\",\"port\":$BACKEND_PORT}"
     t0=$(cpu_ns $HUB)
-    read -r gbps gb < <(run_client $PROXY_PORT)
+    read -r gbps gb < <(run_client "${PROXY##*:}")
     t1=$(cpu_ns $HUB)
     kill $HUB
     wait $HUB 2>/dev/null || true

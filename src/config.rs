@@ -50,7 +50,7 @@ impl std::str::FromStr for Route {
 pub enum SpliceMode {
     /// Always splice through a pipe.
     Always,
-    /// Never splice: copy through a per-connection buffer.
+    /// Never splice: copy through a buffer borrowed from the shard's pool while bytes wait.
     Never,
     /// Copy, and switch a direction to splice once it moves a full buffer at a time (bulk).
     Auto,
@@ -182,8 +182,8 @@ pub struct Args {
     #[arg(long, env = "EDGEPROXY_MAX_CONNECTIONS", default_value_t = 100_000)]
     pub max_connections: usize,
 
-    /// Forwarding method.
-    #[arg(long, env = "EDGEPROXY_SPLICE", value_enum, default_value = "always")]
+    /// Forwarding method (measurements behind the default: docs/splice.md).
+    #[arg(long, env = "EDGEPROXY_SPLICE", value_enum, default_value = "auto")]
     pub splice: SpliceMode,
 
     /// Capacity in bytes of each splice pipe (F_SETPIPE_SZ; the kernel rounds up to pages and
