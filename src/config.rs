@@ -50,8 +50,10 @@ impl std::str::FromStr for Route {
 pub enum SpliceMode {
     /// Always splice through a pipe.
     Always,
-    /// Never splice: copy through a per-connection buffer.
+    /// Never splice: copy through a buffer borrowed from the shard's pool while bytes wait.
     Never,
+    /// Copy, and switch a direction to splice once it moves a full buffer at a time (bulk).
+    Auto,
 }
 
 fn parse_bool(s: &str) -> Result<bool, String> {
@@ -180,9 +182,15 @@ pub struct Args {
     #[arg(long, env = "EDGEPROXY_MAX_CONNECTIONS", default_value_t = 100_000)]
     pub max_connections: usize,
 
-    /// Forwarding method.
-    #[arg(long, env = "EDGEPROXY_SPLICE", value_enum, default_value = "always")]
+    /// Forwarding method (measurements behind the default: docs/splice.md).
+    #[arg(long, env = "EDGEPROXY_SPLICE", value_enum, default_value = "auto")]
     pub splice: SpliceMode,
+
+    /// Capacity in bytes of each splice pipe (F_SETPIPE_SZ; the kernel rounds up to pages and
+    /// caps unprivileged users at /proc/sys/fs/pipe-max-size). Pipes are held only while bytes
+    /// are in flight, so this is per busy direction, not per connection.
+    #[arg(long, env = "EDGEPROXY_SPLICE_PIPE_SIZE", default_value_t = 256 * 1024, value_parser = clap::value_parser!(u32).range(4096..=(64 << 20)))]
+    pub splice_pipe_size: u32,
 
     /// Listen backlog of the TCP listeners.
     #[arg(long, env = "EDGEPROXY_BACKLOG", default_value_t = 4096)]
@@ -294,6 +302,7 @@ pub struct Config {
     pub idle_timeout: Duration,
     pub max_connections: usize,
     pub splice: SpliceMode,
+    pub splice_pipe_size: usize,
     pub backlog: i32,
     pub api_max_connections: usize,
     pub api_request_timeout: Duration,
@@ -432,6 +441,7 @@ impl Config {
             idle_timeout: Duration::from_secs(args.idle_timeout_secs),
             max_connections: args.max_connections,
             splice: args.splice,
+            splice_pipe_size: args.splice_pipe_size as usize,
             backlog: args.backlog,
             api_max_connections: args.api_max_connections,
             api_request_timeout: Duration::from_millis(args.api_request_timeout_ms.max(1)),

@@ -1,9 +1,227 @@
 //! TCP forwarding: accept, choose a backend, connect with retries, forward both ways.
+//!
+//! One accept loop per listener per shard; one task per forwarded connection. A shard caps its
+//! open forwarded connections at `--max-connections` by not accepting while at the cap (the
+//! kernel backlog holds the rest). Each connection:
+//!
+//! 1. chooses a backend with [`crate::select::pick`] from the snapshot current at that moment
+//!    (held only for the decision, never across an await);
+//! 2. connects within `--connect-timeout-ms`; on failure picks again without the backends
+//!    already tried, up to `--connect-tries` backends; with none left the client is closed;
+//! 3. counts itself in the backend's live-connection slot for this shard while it lasts;
+//! 4. forwards both ways ([`forward`]), by `splice(2)` or by copying (`--splice`).
+//!
+//! Never blocks, never locks, never allocates per forwarded chunk.
 
+mod forward;
+pub mod pool;
+pub mod splice;
+#[cfg(test)]
+mod tests;
+
+use crate::registry::Backend;
+use crate::select::{pick, Client};
 use crate::shard::ShardCtx;
+use glommio::net::{TcpListener, TcpStream};
+use glommio::sync::Semaphore;
+use std::cell::RefCell;
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use forward::{forward, Options, Outcome};
+
+/// Pause after a failed accept (EMFILE, ENOBUFS…) before trying again.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+/// At most one accept-error log line per this many ms per listener.
+const ACCEPT_ERROR_LOG_EVERY_MS: u64 = 1_000;
+/// The most `--connect-tries` can be (the flag's range).
+const MAX_TRIES: usize = 16;
+
+thread_local! {
+    /// The connection cap of the shard running on this thread, keyed by its context so that
+    /// every listener of one shard shares one cap.
+    static SHARD_CAP: RefCell<Option<(*const ShardCtx, Rc<Semaphore>)>> = const { RefCell::new(None) };
+}
+
+fn shard_cap(ctx: &Rc<ShardCtx>) -> Rc<Semaphore> {
+    SHARD_CAP.with(|cap| {
+        let mut cap = cap.borrow_mut();
+        match &*cap {
+            Some((owner, sem)) if std::ptr::eq(*owner, Rc::as_ptr(ctx)) => sem.clone(),
+            _ => {
+                let sem = Rc::new(Semaphore::new(ctx.cfg.max_connections as u64));
+                *cap = Some((Rc::as_ptr(ctx), sem.clone()));
+                sem
+            }
+        }
+    })
+}
 
 /// Serves one proxy listener (`app`: the app it serves; `None` = every app).
-pub async fn serve(ctx: Rc<ShardCtx>, listener: glommio::net::TcpListener, app: Option<Rc<str>>) {
-    let _ = (ctx, listener, app);
+pub async fn serve(ctx: Rc<ShardCtx>, listener: TcpListener, app: Option<Rc<str>>) {
+    let cap = shard_cap(&ctx);
+    let mut last_log_ms: Option<u64> = None;
+    let mut suppressed = 0u64;
+    loop {
+        // Hold a slot before accepting: at the cap, connections wait in the kernel backlog.
+        let Ok(slot) = cap.acquire_static_permit(1).await else {
+            return;
+        };
+        let client = match listener.accept().await {
+            Ok(client) => client,
+            Err(e) => {
+                let now = crate::clock::now_ms();
+                if last_log_ms.is_none_or(|t| now.saturating_sub(t) >= ACCEPT_ERROR_LOG_EVERY_MS) {
+                    log::warn!(
+                        "shard {}: accept failed: {e} ({suppressed} more since the last report); \
+                         retrying (EMFILE: raise LimitNOFILE)",
+                        ctx.id
+                    );
+                    last_log_ms = Some(now);
+                    suppressed = 0;
+                } else {
+                    suppressed += 1;
+                }
+                drop(slot);
+                glommio::timer::sleep(ACCEPT_ERROR_PAUSE).await;
+                continue;
+            }
+        };
+        let ctx = ctx.clone();
+        let app = app.clone();
+        glommio::spawn_local(async move {
+            proxy_connection(&ctx, client, app.as_deref()).await;
+            drop(slot);
+        })
+        .detach();
+    }
+}
+
+/// One live connection to a backend, counted in its slot for this shard until dropped.
+pub struct LiveConnection {
+    backend: Arc<Backend>,
+    shard: usize,
+}
+
+impl LiveConnection {
+    fn new(backend: Arc<Backend>, shard: usize) -> Self {
+        backend
+            .live
+            .shard_counter(shard)
+            .fetch_add(1, Ordering::Relaxed);
+        LiveConnection { backend, shard }
+    }
+
+    fn counter(&self) -> &AtomicU32 {
+        self.backend.live.shard_counter(self.shard)
+    }
+
+    pub fn backend(&self) -> &Arc<Backend> {
+        &self.backend
+    }
+}
+
+impl Drop for LiveConnection {
+    fn drop(&mut self) {
+        self.counter().fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Chooses a backend for `client_ip` among `app`'s (or every app's) and connects to it, trying
+/// others on failure. `None` when no backend could be reached.
+pub async fn connect_backend(
+    ctx: &ShardCtx,
+    client_ip: IpAddr,
+    app: Option<&str>,
+) -> Option<(TcpStream, LiveConnection)> {
+    let cfg = &ctx.cfg;
+    let tries = (cfg.connect_tries as usize).clamp(1, MAX_TRIES);
+    // Backends already tried, by key: snapshot indexes may change between attempts.
+    let mut tried_keys = [0u64; MAX_TRIES];
+    for tried in 0..tries {
+        let backend = {
+            let snap = ctx.cell.load();
+            let group = match app {
+                Some(app) => snap.app(app)?,
+                None => snap.all(),
+            };
+            let mut exclude = [0u32; MAX_TRIES];
+            let mut excluded = 0;
+            if tried > 0 {
+                for &i in group.members.iter() {
+                    if tried_keys[..tried].contains(&snap.backend(i).key) && excluded < MAX_TRIES {
+                        exclude[excluded] = i;
+                        excluded += 1;
+                    }
+                }
+            }
+            let region = cfg.region_map.region_of(client_ip);
+            let client = Client::new(client_ip, region);
+            let (i, _tier) = pick(
+                &snap,
+                group,
+                &client,
+                &cfg.region,
+                crate::clock::now_ms(),
+                &exclude[..excluded],
+            )?;
+            snap.backend(i).clone()
+        };
+        tried_keys[tried] = backend.key;
+        let addr = SocketAddr::new(backend.ip, backend.port);
+        match TcpStream::connect_timeout(addr, cfg.connect_timeout).await {
+            Ok(stream) => {
+                let live = LiveConnection::new(backend, ctx.id);
+                return Some((stream, live));
+            }
+            Err(e) => {
+                log::debug!(
+                    "shard {}: backend {} ({addr}) failed: {e}; trying another",
+                    ctx.id,
+                    backend.id
+                );
+            }
+        }
+    }
+    None
+}
+
+async fn proxy_connection(ctx: &ShardCtx, client: TcpStream, app: Option<&str>) {
+    let Ok(peer) = client.peer_addr() else {
+        return;
+    };
+    let _ = client.set_nodelay(true);
+    let Some((backend, live)) = connect_backend(ctx, peer.ip(), app).await else {
+        log::debug!(
+            "shard {}: no backend reachable for {peer} (app {}); closing",
+            ctx.id,
+            app.unwrap_or("*")
+        );
+        return;
+    };
+    let _ = backend.set_nodelay(true);
+    let opts = Options {
+        mode: ctx.cfg.splice,
+        pipe_size: ctx.cfg.splice_pipe_size,
+        idle: ctx.cfg.idle_timeout,
+    };
+    let out = forward(client, backend, opts).await;
+    match &out.result {
+        Ok(()) => log::trace!(
+            "{peer} <-> {}: closed, {} B up, {} B down",
+            live.backend().id,
+            out.up,
+            out.down
+        ),
+        Err(e) => log::debug!(
+            "{peer} <-> {}: ended: {e} ({} B up, {} B down)",
+            live.backend().id,
+            out.up,
+            out.down
+        ),
+    }
+    drop(live);
 }

@@ -1,0 +1,466 @@
+//! The proxy through real loopback sockets, on one glommio executor per test: the hub's
+//! listeners, the backends and the clients are all tasks of that executor, so a test ends with
+//! everything it started.
+
+use super::serve;
+use crate::config::{Config, SpliceMode};
+use crate::registry::{BackendSpec, Registry, SnapshotCell};
+use crate::shard::ShardCtx;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::channels::local_channel::{self, LocalSender};
+use glommio::net::{TcpListener, TcpStream};
+use glommio::{LocalExecutorBuilder, Placement};
+use std::cell::RefCell;
+use std::hash::Hasher;
+use std::net::{Shutdown, SocketAddr};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const MODES: [SpliceMode; 3] = [SpliceMode::Never, SpliceMode::Always, SpliceMode::Auto];
+
+/// The hub side of a test: one shard's context, its registry, a listener for every app and a
+/// route listener for the app `bulk`.
+struct Env {
+    ctx: Rc<ShardCtx>,
+    registry: RefCell<Registry>,
+    proxy: SocketAddr,
+    bulk_route: SocketAddr,
+}
+
+impl Env {
+    fn start(cfg: Config) -> Env {
+        let cell = Arc::new(SnapshotCell::new());
+        let registry = Registry::new(1, 0, 600, cell.clone());
+        let ctx = Rc::new(ShardCtx {
+            id: 0,
+            shards: 1,
+            cfg: Arc::new(cfg),
+            cell,
+            started_unix_ms: 0,
+        });
+        let any = TcpListener::bind("127.0.0.1:0").unwrap();
+        let bulk = TcpListener::bind("127.0.0.1:0").unwrap();
+        let env = Env {
+            ctx: ctx.clone(),
+            registry: RefCell::new(registry),
+            proxy: any.local_addr().unwrap(),
+            bulk_route: bulk.local_addr().unwrap(),
+        };
+        glommio::spawn_local(serve(ctx.clone(), any, None)).detach();
+        glommio::spawn_local(serve(ctx, bulk, Some(Rc::from("bulk")))).detach();
+        env
+    }
+
+    fn register(&self, id: &str, app: &str, region: &str, addr: SocketAddr) {
+        let mut reg = self.registry.borrow_mut();
+        reg.register(
+            BackendSpec {
+                id: id.into(),
+                app: app.into(),
+                region: region.into(),
+                country: None,
+                ip: addr.ip(),
+                port: addr.port(),
+                weight: 1,
+                soft_limit: None,
+                hard_limit: None,
+                ttl_secs: Some(0),
+            },
+            crate::clock::now_ms(),
+        );
+        reg.publish();
+    }
+
+    fn connections(&self, id: &str) -> u32 {
+        self.ctx
+            .cell
+            .load()
+            .backend_by_id(id)
+            .map(|b| b.connections())
+            .unwrap_or(0)
+    }
+}
+
+fn config(mode: SpliceMode) -> Config {
+    let mut cfg = Config::for_tests(1);
+    cfg.splice = mode;
+    cfg.connect_timeout = Duration::from_secs(2);
+    cfg.connect_tries = 3;
+    cfg
+}
+
+/// Runs `test` on a fresh executor.
+fn run<F, Fut>(test: F)
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + 'static,
+{
+    LocalExecutorBuilder::new(Placement::Unbound)
+        .io_memory(512 * 1024)
+        .spawn(test)
+        .unwrap()
+        .join()
+        .unwrap();
+}
+
+/// Yields until `done` holds (other tasks run meanwhile); panics if it never does.
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "timed out waiting for {what}"
+        );
+        glommio::yield_if_needed().await;
+        futures_lite::future::yield_now().await;
+    }
+}
+
+/// A port on 127.0.0.1 with nothing listening (connections are refused).
+fn refused_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// A backend that answers each connection with `tag` then echoes until end of stream, then
+/// closes.
+fn echo_backend(tag: &'static str) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    glommio::spawn_local(async move {
+        while let Ok(mut s) = l.accept().await {
+            glommio::spawn_local(async move {
+                if s.write_all(tag.as_bytes()).await.is_err() {
+                    return;
+                }
+                let mut buf = vec![0u8; 16 * 1024];
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if s.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+                let _ = s.shutdown(Shutdown::Write).await;
+            })
+            .detach();
+        }
+    })
+    .detach();
+    addr
+}
+
+/// Connects through the proxy and does one echo round trip; returns the backend's tag.
+async fn echo_round_trip(proxy: SocketAddr, tag_len: usize) -> String {
+    let mut s = TcpStream::connect(proxy).await.unwrap();
+    s.write_all(b"ping").await.unwrap();
+    s.shutdown(Shutdown::Write).await.unwrap();
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got.len(), tag_len + 4, "reply {got:?}");
+    assert_eq!(&got[tag_len..], b"ping");
+    String::from_utf8(got[..tag_len].to_vec()).unwrap()
+}
+
+/// A deterministic byte stream: `len` bytes in chunks of varying size, from a 64 KiB + 13 block
+/// of pseudo-random bytes, so that chunk and pattern boundaries never line up.
+struct Pattern {
+    block: Vec<u8>,
+}
+
+impl Pattern {
+    fn new(seed: u64) -> Pattern {
+        let mut x = seed | 1;
+        let block = (0..64 * 1024 + 13)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        Pattern { block }
+    }
+
+    /// Writes `len` bytes to `s`, shuts it for writing, and returns the hash of what was sent.
+    async fn send(&self, s: &mut TcpStream, len: u64) -> u64 {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        let mut sent = 0u64;
+        let mut off = 0usize;
+        let mut step = 1000usize;
+        while sent < len {
+            step = (step * 7 + 4099) % 60_000 + 1;
+            let n = step.min(self.block.len() - off).min((len - sent) as usize);
+            let chunk = &self.block[off..off + n];
+            s.write_all(chunk).await.unwrap();
+            h.write(chunk);
+            sent += n as u64;
+            off = (off + n) % self.block.len();
+        }
+        s.shutdown(Shutdown::Write).await.unwrap();
+        h.finish()
+    }
+}
+
+/// Reads `s` to end of stream; returns (bytes, hash).
+async fn receive(s: &mut TcpStream) -> (u64, u64) {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let mut buf = vec![0u8; 128 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = s.read(&mut buf).await.unwrap();
+        if n == 0 {
+            return (total, h.finish());
+        }
+        h.write(&buf[..n]);
+        total += n as u64;
+    }
+}
+
+/// A backend that, per connection, sends `len` bytes of a pattern while hashing what it
+/// receives, and reports (bytes received, hash received, hash sent).
+fn bulk_backend(len: u64, report: LocalSender<(u64, u64, u64)>) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let report = Rc::new(report);
+    glommio::spawn_local(async move {
+        while let Ok(s) = l.accept().await {
+            let report = report.clone();
+            glommio::spawn_local(async move {
+                let pattern = Pattern::new(2);
+                let mut tx = s;
+                // Reads need only `&`, writes `&mut`: read through a dup of the socket.
+                let mut rx = dup_stream(&tx);
+                let (sent, (got, got_hash)) =
+                    futures_lite::future::zip(pattern.send(&mut tx, len), receive(&mut rx)).await;
+                report.send((got, got_hash, sent)).await.unwrap();
+            })
+            .detach();
+        }
+    })
+    .detach();
+    addr
+}
+
+/// A second glommio stream on a duplicate of `s`'s descriptor (same socket), so that one task
+/// can read and write the socket concurrently.
+fn dup_stream(s: &TcpStream) -> TcpStream {
+    super::splice::dup_stream(s).unwrap()
+}
+
+#[test]
+fn hash_is_independent_of_chunking() {
+    let mut a = std::collections::hash_map::DefaultHasher::new();
+    a.write(b"abcdefghijklmnopq");
+    let mut b = std::collections::hash_map::DefaultHasher::new();
+    b.write(b"abc");
+    b.write(b"defghijklm");
+    b.write(b"nopq");
+    assert_eq!(a.finish(), b.finish());
+}
+
+fn transfer_100mib_each_way(mode: SpliceMode) {
+    run(move || async move {
+        const LEN: u64 = 100 << 20;
+        let env = Env::start(config(mode));
+        let (tx, rx) = local_channel::new_bounded(4);
+        env.register("bulk1", "bulk", "sa", bulk_backend(LEN, tx));
+        let started = Instant::now();
+        let mut c = TcpStream::connect(env.bulk_route).await.unwrap();
+        let mut c_rx = dup_stream(&c);
+        let (sent, (got, got_hash)) =
+            futures_lite::future::zip(Pattern::new(1).send(&mut c, LEN), receive(&mut c_rx)).await;
+        let (b_got, b_got_hash, b_sent) = rx.recv().await.unwrap();
+        eprintln!(
+            "{mode:?}: 2 x 100 MiB through the proxy in {:?}",
+            started.elapsed()
+        );
+        assert_eq!(b_got, LEN, "backend received");
+        assert_eq!(b_got_hash, sent, "client → backend bytes differ");
+        assert_eq!(got, LEN, "client received");
+        assert_eq!(got_hash, b_sent, "backend → client bytes differ");
+        drop((c, c_rx));
+        until("the live count to drop", || env.connections("bulk1") == 0).await;
+    });
+}
+
+#[test]
+fn transfer_100mib_each_way_copy() {
+    transfer_100mib_each_way(SpliceMode::Never);
+}
+
+#[test]
+fn transfer_100mib_each_way_splice() {
+    transfer_100mib_each_way(SpliceMode::Always);
+}
+
+#[test]
+fn transfer_100mib_each_way_auto() {
+    transfer_100mib_each_way(SpliceMode::Auto);
+}
+
+#[test]
+fn half_close_both_ways() {
+    for mode in MODES {
+        run(move || async move {
+            let env = Env::start(config(mode));
+            // Backend A: reads to end of stream, then replies with the byte count.
+            let la = TcpListener::bind("127.0.0.1:0").unwrap();
+            env.register("a", "replier", "sa", la.local_addr().unwrap());
+            glommio::spawn_local(async move {
+                let mut s = la.accept().await.unwrap();
+                let mut got = Vec::new();
+                s.read_to_end(&mut got).await.unwrap();
+                s.write_all(format!("got {}", got.len()).as_bytes())
+                    .await
+                    .unwrap();
+            })
+            .detach();
+            // Client shuts its write side first and still gets the reply.
+            let mut c = TcpStream::connect(env.proxy).await.unwrap();
+            c.write_all(b"hello").await.unwrap();
+            c.shutdown(Shutdown::Write).await.unwrap();
+            let mut reply = Vec::new();
+            c.read_to_end(&mut reply).await.unwrap();
+            assert_eq!(reply, b"got 5", "{mode:?}");
+            drop(c);
+            env.registry.borrow_mut().deregister("a");
+            env.registry.borrow_mut().publish();
+
+            // Backend B: greets, shuts its write side, then reads what the client still sends.
+            let lb = TcpListener::bind("127.0.0.1:0").unwrap();
+            env.register("b", "greeter", "sa", lb.local_addr().unwrap());
+            let (tx, rx) = local_channel::new_bounded(1);
+            glommio::spawn_local(async move {
+                let mut s = lb.accept().await.unwrap();
+                s.write_all(b"hi").await.unwrap();
+                s.shutdown(Shutdown::Write).await.unwrap();
+                let mut got = Vec::new();
+                s.read_to_end(&mut got).await.unwrap();
+                tx.send(got).await.unwrap();
+            })
+            .detach();
+            let mut c = TcpStream::connect(env.proxy).await.unwrap();
+            let mut greeting = Vec::new();
+            c.read_to_end(&mut greeting).await.unwrap();
+            assert_eq!(greeting, b"hi", "{mode:?}");
+            c.write_all(b"still talking").await.unwrap();
+            c.shutdown(Shutdown::Write).await.unwrap();
+            assert_eq!(rx.recv().await.unwrap(), b"still talking", "{mode:?}");
+            let mut rest = Vec::new();
+            c.read_to_end(&mut rest).await.unwrap();
+            until("the live count to drop", || env.connections("b") == 0).await;
+        });
+    }
+}
+
+#[test]
+fn dead_backends_are_skipped_and_every_connection_succeeds() {
+    for mode in MODES {
+        run(move || async move {
+            let env = Env::start(config(mode));
+            // The dead ones sit in the hub's region, so they are always tried first.
+            env.register("dead1", "web", "sa", refused_port());
+            env.register("dead2", "web", "sa", refused_port());
+            env.register("live", "web", "us", echo_backend("live:"));
+            let proxy = env.proxy;
+            let tasks: Vec<_> = (0..20)
+                .map(|_| {
+                    glommio::spawn_local(async move {
+                        for _ in 0..5 {
+                            assert_eq!(echo_round_trip(proxy, 5).await, "live:");
+                        }
+                    })
+                })
+                .collect();
+            for t in tasks {
+                t.await;
+            }
+            until("the live count to drop", || env.connections("live") == 0).await;
+            assert_eq!(env.connections("dead1"), 0);
+        });
+    }
+}
+
+#[test]
+fn no_backend_closes_the_client_promptly() {
+    for mode in MODES {
+        run(move || async move {
+            let env = Env::start(config(mode));
+            // Nothing registered at all, then only backends that refuse.
+            for round in 0..2 {
+                if round == 1 {
+                    env.register("dead", "bulk", "sa", refused_port());
+                }
+                for addr in [env.proxy, env.bulk_route] {
+                    let started = Instant::now();
+                    let mut c = TcpStream::connect(addr).await.unwrap();
+                    let mut buf = [0u8; 16];
+                    // End of stream or a reset: either way, closed.
+                    let n = c.read(&mut buf).await.unwrap_or(0);
+                    assert_eq!(n, 0, "{mode:?}");
+                    assert!(started.elapsed() < Duration::from_secs(2), "{mode:?}");
+                }
+            }
+        });
+    }
+}
+
+#[test]
+fn route_listener_reaches_only_its_app() {
+    run(|| async {
+        let env = Env::start(config(SpliceMode::Never));
+        // `other` would win everywhere on geography: it is in the hub's region.
+        env.register("other", "web", "sa", echo_backend("web: "));
+        env.register("bulk1", "bulk", "eu", echo_backend("bulk:"));
+        for _ in 0..10 {
+            assert_eq!(echo_round_trip(env.bulk_route, 5).await, "bulk:");
+        }
+        until("the live count to drop", || env.connections("bulk1") == 0).await;
+        assert_eq!(env.connections("other"), 0);
+    });
+}
+
+#[test]
+fn live_counter_follows_open_connections() {
+    for mode in MODES {
+        run(move || async move {
+            let env = Env::start(config(mode));
+            env.register("e", "web", "sa", echo_backend("e"));
+            let mut open = Vec::new();
+            for i in 1..=5 {
+                let mut c = TcpStream::connect(env.proxy).await.unwrap();
+                let mut tag = [0u8; 1];
+                c.read_exact(&mut tag).await.unwrap();
+                open.push(c);
+                assert_eq!(env.connections("e"), i);
+            }
+            // Abrupt closes (no shutdown first) end the forwarded connections too.
+            open.clear();
+            until("the live count to drop", || env.connections("e") == 0).await;
+        });
+    }
+}
+
+#[test]
+fn idle_connections_are_closed() {
+    run(|| async {
+        let mut cfg = config(SpliceMode::Always);
+        cfg.idle_timeout = Duration::from_millis(300);
+        let env = Env::start(cfg);
+        env.register("e", "web", "sa", echo_backend("e"));
+        let started = Instant::now();
+        let mut c = TcpStream::connect(env.proxy).await.unwrap();
+        let mut got = Vec::new();
+        c.read_to_end(&mut got).await.unwrap();
+        let took = started.elapsed();
+        assert_eq!(got, b"e");
+        assert!(took >= Duration::from_millis(290), "closed after {took:?}");
+        assert!(took < Duration::from_secs(5), "closed after {took:?}");
+        until("the live count to drop", || env.connections("e") == 0).await;
+    });
+}
