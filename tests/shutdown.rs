@@ -41,3 +41,53 @@ fn the_last_heartbeat_before_sigterm_is_kept() {
     assert_eq!(b["last_heartbeat_secs"], 0, "{b}");
     assert!(b["registered_secs"].as_u64().unwrap() >= 1, "{b}");
 }
+
+#[test]
+fn sigterm_lets_an_open_forwarded_connection_finish() {
+    use std::io::{Read, Write};
+    // An echo backend.
+    let backend = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = backend.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in backend.incoming() {
+            let Ok(mut conn) = conn else { break };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = conn.read(&mut buf) {
+                    if n == 0 || conn.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let mut hub = Hub::start(&[]);
+    hub.register("echo", "echo", "sa", "127.0.0.1", port);
+    let mut client = TcpStream::connect(hub.proxy).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut got = [0u8; 5];
+    client.write_all(b"hello").unwrap();
+    client.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"hello");
+
+    hub.signal(libc::SIGTERM);
+    hub.wait_log("draining");
+    // New connections stop being accepted (each shard notices within its poll interval)...
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while TcpStream::connect(hub.proxy).is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still accepting while draining"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // ...while the open one keeps working, and keeps the hub alive.
+    client.write_all(b"again").unwrap();
+    client.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"again");
+    drop(client);
+    let status = hub.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0));
+}
