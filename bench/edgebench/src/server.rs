@@ -5,7 +5,7 @@
 //! Bounded: at most [`MAX_CONNS_PER_SHARD`] connections per shard (more are closed at once),
 //! and the server stops by itself at the end of its duration.
 
-use crate::cli::Echo;
+use crate::cli::{CpuList, Echo};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 use glommio::{LocalExecutorBuilder, Placement};
@@ -98,20 +98,41 @@ async fn pump(mut s: TcpStream, discard: bool) -> std::io::Result<()> {
     }
 }
 
-/// `edgebench echo`: serves on every shard until `--duration` is over.
-pub fn run_echo(e: &Echo) -> Result<(), String> {
-    if e.shards == 0 || e.shards > 256 {
+/// Echo (or discard) servers running on their own executors.
+pub struct EchoServers {
+    pub addr: SocketAddr,
+    handles: Vec<glommio::ExecutorJoinHandle<()>>,
+}
+
+impl EchoServers {
+    /// Waits until every shard has stopped (at the end of its duration).
+    pub fn join(self) -> Result<(), String> {
+        for h in self.handles {
+            h.join().map_err(|err| format!("a shard failed: {err:?}"))?;
+        }
+        Ok(())
+    }
+}
+
+/// Starts echo (or discard) servers on `shards` executors; they stop after `duration`.
+pub fn spawn_echo(
+    listen: SocketAddr,
+    shards: usize,
+    cpus: Option<&CpuList>,
+    discard: bool,
+    duration: Duration,
+) -> Result<EchoServers, String> {
+    if shards == 0 || shards > 256 {
         return Err("--shards must be 1 to 256".into());
     }
-    let (bound, fds) = bind_listeners(e.listen, e.shards)?;
-    let until = Instant::now() + e.duration;
+    let (addr, fds) = bind_listeners(listen, shards)?;
+    let until = Instant::now() + duration;
     let mut handles = Vec::new();
     for (shard, fd) in fds.into_iter().enumerate() {
-        let placement = match &e.cpus {
+        let placement = match cpus {
             Some(c) => Placement::Fixed(c.of(shard)),
             None => Placement::Unbound,
         };
-        let discard = e.discard;
         let h = LocalExecutorBuilder::new(placement)
             .name(&format!("edgebench-echo-{shard}"))
             .io_memory(512 * 1024)
@@ -125,13 +146,17 @@ pub fn run_echo(e: &Echo) -> Result<(), String> {
             })?;
         handles.push(h);
     }
+    Ok(EchoServers { addr, handles })
+}
+
+/// `edgebench echo`: serves on every shard until `--duration` is over.
+pub fn run_echo(e: &Echo) -> Result<(), String> {
+    let servers = spawn_echo(e.listen, e.shards, e.cpus.as_ref(), e.discard, e.duration)?;
     eprintln!(
-        "edgebench ready: listen={bound} mode={} shards={}",
+        "edgebench ready: listen={} mode={} shards={}",
+        servers.addr,
         if e.discard { "discard" } else { "echo" },
         e.shards
     );
-    for h in handles {
-        h.join().map_err(|err| format!("a shard failed: {err:?}"))?;
-    }
-    Ok(())
+    servers.join()
 }
