@@ -156,6 +156,25 @@ fn dns_over_udp_and_tcp_against_the_hub() {
     assert!(tcp.counts.ok > 0, "{tcp:?}");
     assert_eq!(tcp.counts.errors, 0, "{:?}", tcp.errors);
     assert!(tcp.outcomes["NOERROR"] > 0, "{:?}", tcp.outcomes);
+
+    // A server that never answers: every query times out, and the run still ends by itself.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mute = bench(&[
+        "dns",
+        "-t",
+        &silent.local_addr().unwrap().to_string(),
+        "-c",
+        "8",
+        "-d",
+        "300ms",
+        "--timeout",
+        "200ms",
+        "-q",
+        "-f",
+        q,
+    ]);
+    assert_eq!(mute.counts.ok, 0);
+    assert!(mute.errors["timeout"] >= 8, "{:?}", mute.errors);
     std::fs::remove_file(queries).ok();
     std::fs::remove_file(json).ok();
 }

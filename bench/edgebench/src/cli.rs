@@ -155,6 +155,10 @@ pub struct Dns {
     /// DNS over TCP (2-byte length framing, connections kept open) instead of UDP.
     #[arg(long)]
     pub tcp: bool,
+    /// UDP: sockets (source ports) per shard; the queries in flight (--concurrency) are split
+    /// among them. TCP: one connection per query in flight.
+    #[arg(long, default_value_t = 4)]
+    pub sockets: usize,
 }
 
 #[derive(Args, Debug, Clone)]

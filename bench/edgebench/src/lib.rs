@@ -18,6 +18,7 @@
 //! - [`http`]: the few bytes of HTTP/1.1 a client needs (request building, response framing).
 //! - [`tls`]: rustls client configuration (ring provider, `--insecure`, no resumption).
 //! - [`server`]: `echo` and discard (sink) servers.
+//! - [`sys`]: the only raw syscalls (`sendmmsg`/`recvmmsg`), each `unsafe` block explained.
 //! - [`scenario`]: one module per scenario kind; each is a worker loop over one connection
 //!   or socket.
 //!
@@ -33,6 +34,7 @@ pub mod run;
 pub mod scenario;
 pub mod server;
 pub mod stats;
+pub mod sys;
 pub mod tls;
 
 pub use cli::{Cli, Command};

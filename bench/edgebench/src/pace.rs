@@ -37,6 +37,17 @@ impl Schedule {
     }
 }
 
+/// The answer of [`Tickets::take_by`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Take {
+    /// Start an operation intended to start at this time (now or earlier).
+    Due(Instant),
+    /// Nothing is due before this time.
+    Later(Instant),
+    /// The run is over.
+    Over,
+}
+
 /// Hands out the start times of one shard's operations until `end`.
 #[derive(Debug)]
 pub struct Tickets {
@@ -82,6 +93,32 @@ impl Tickets {
                 }
                 self.next.set(i + 1);
                 Some(due)
+            }
+        }
+    }
+
+    /// Like [`Tickets::take`], but takes a ticket only once it is due: for engines that send
+    /// in batches and must not sleep per operation.
+    pub fn take_by(&self, now: Instant) -> Take {
+        if now >= self.end {
+            return Take::Over;
+        }
+        match &self.schedule {
+            None => {
+                self.next.set(self.next.get() + 1);
+                Take::Due(now)
+            }
+            Some(s) => {
+                let i = self.next.get();
+                let due = s.due(i);
+                if due >= self.end {
+                    Take::Over
+                } else if due > now {
+                    Take::Later(due)
+                } else {
+                    self.next.set(i + 1);
+                    Take::Due(due)
+                }
             }
         }
     }
@@ -153,6 +190,30 @@ mod tests {
         assert_eq!(n, 10);
         assert_eq!(tickets.missed(), 0);
         assert_eq!(tickets.take(end), None);
+    }
+
+    #[test]
+    fn take_by_takes_only_what_is_due() {
+        let t0 = Instant::now();
+        let end = t0 + Duration::from_millis(3);
+        let tickets = Tickets::open(Schedule::new(t0, 1000.0, 0, 1), end);
+        let now = t0 + Duration::from_micros(1500);
+        assert_eq!(tickets.take_by(now), Take::Due(t0));
+        assert_eq!(
+            tickets.take_by(now),
+            Take::Due(t0 + Duration::from_millis(1))
+        );
+        assert_eq!(
+            tickets.take_by(now),
+            Take::Later(t0 + Duration::from_millis(2))
+        );
+        assert_eq!(tickets.taken(), 2);
+        let later = t0 + Duration::from_millis(2);
+        assert_eq!(tickets.take_by(later), Take::Due(later));
+        assert_eq!(tickets.take_by(later), Take::Over);
+        let closed = Tickets::closed(end);
+        assert_eq!(closed.take_by(now), Take::Due(now));
+        assert_eq!(closed.take_by(end), Take::Over);
     }
 
     #[test]

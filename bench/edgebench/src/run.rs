@@ -5,7 +5,7 @@
 //! progress line once a second (only when stderr is a terminal) and merges what shards send.
 
 use crate::cli::{Command, CpuList, Load};
-use crate::pace::{Schedule, Tickets};
+use crate::pace::{Schedule, Take, Tickets};
 use crate::report::{self, Series, Summary};
 use crate::scenario::{self, Prepared};
 use crate::stats::{new_histogram, Done, ErrorKind, Percentiles, Recorder, Report, Totals};
@@ -45,6 +45,16 @@ impl ShardCtx {
             glommio::timer::sleep(due - now).await;
         }
         Some(due)
+    }
+
+    /// The next intended start if it is due by `now` (batching engines).
+    pub fn take_by(&self, now: Instant) -> Take {
+        self.tickets.take_by(now)
+    }
+
+    /// Records an operation intended to start at `due` that ended at `now`.
+    pub fn record_at(&self, due: Instant, now: Instant, result: Result<Done, ErrorKind>) {
+        self.rec.borrow_mut().record(due, now, result);
     }
 
     /// Records an operation intended to start at `due`, ending now.

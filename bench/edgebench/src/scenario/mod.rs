@@ -100,6 +100,11 @@ pub fn before_start(plan: &Prepared, ctx: &Rc<ShardCtx>) {
 
 /// Runs the plan's workers on this shard until the run ends.
 pub async fn run_shard(plan: Arc<Prepared>, ctx: Rc<ShardCtx>) {
+    if let Prepared::Dns(p) = &*plan {
+        if !p.tcp {
+            return dns::run_udp(plan.clone(), ctx).await;
+        }
+    }
     let mut tasks = Vec::with_capacity(ctx.workers);
     for worker in 0..ctx.workers {
         let (plan, ctx) = (plan.clone(), ctx.clone());
@@ -107,8 +112,7 @@ pub async fn run_shard(plan: Arc<Prepared>, ctx: Rc<ShardCtx>) {
             match &*plan {
                 Prepared::TcpBulk(p) => tcp::bulk_worker(&ctx, p).await,
                 Prepared::TcpRr(p) => tcp::rr_worker(&ctx, p).await,
-                Prepared::Dns(p) if p.tcp => dns::tcp_worker(&ctx, p, worker).await,
-                Prepared::Dns(p) => dns::udp_worker(&ctx, p, worker).await,
+                Prepared::Dns(p) => dns::tcp_worker(&ctx, p, worker).await,
                 Prepared::ApiRegister(p) => api::register_worker(&ctx, p, worker).await,
                 Prepared::PublishLatency(p) => api::publish_worker(&ctx, p, worker).await,
                 Prepared::Tls(p) => tls::worker(&ctx, p).await,
