@@ -101,6 +101,24 @@ fn tcp_scenarios_against_edgebench_echo() {
     assert!(bulk.counts.bytes >= 16384, "{bulk:?}");
     assert_eq!(bulk.counts.errors, 0, "{:?}", bulk.errors);
 
+    // A listener that never accepts: connections complete in its backlog but no answer comes;
+    // the watchdog times every request out and the run still ends by itself.
+    let mute = TcpListener::bind("127.0.0.1:0").unwrap();
+    let stuck = bench(&[
+        "tcp-rr",
+        "-t",
+        &mute.local_addr().unwrap().to_string(),
+        "-c",
+        "2",
+        "-d",
+        "300ms",
+        "--timeout",
+        "200ms",
+        "-q",
+    ]);
+    assert_eq!(stuck.counts.ok, 0);
+    assert!(stuck.errors["timeout"] >= 2, "{:?}", stuck.errors);
+
     // Nothing listening: errors are counted by kind, and the run still ends by itself.
     let dead = TcpListener::bind("127.0.0.1:0")
         .unwrap()

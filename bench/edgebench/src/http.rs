@@ -87,16 +87,20 @@ pub async fn read_response<S: AsyncRead + Unpin>(
     s: &mut S,
     buf: &mut Vec<u8>,
 ) -> Result<Framed, &'static str> {
-    let mut chunk = [0u8; 8192];
     loop {
         if let Some(f) = frame(buf)? {
             return Ok(f);
         }
-        let n = s.read(&mut chunk).await.map_err(crate::scenario::io_kind)?;
+        // Read straight into the buffer's spare room (no zeroed bounce buffer per call).
+        let old = buf.len();
+        buf.resize(old + 8192, 0);
+        let r = s.read(&mut buf[old..]).await;
+        let n = *r.as_ref().unwrap_or(&0);
+        buf.truncate(old + n);
+        let n = r.map_err(crate::scenario::io_kind)?;
         if n == 0 {
             return Err("closed");
         }
-        buf.extend_from_slice(&chunk[..n]);
     }
 }
 

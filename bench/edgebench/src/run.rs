@@ -10,9 +10,10 @@ use crate::report::{self, Series, Summary};
 use crate::scenario::{self, Prepared};
 use crate::stats::{new_histogram, Done, ErrorKind, Percentiles, Recorder, Report, Totals};
 use glommio::{LocalExecutorBuilder, Placement};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::io::IsTerminal;
-use std::rc::Rc;
+use std::os::fd::RawFd;
+use std::rc::{Rc, Weak};
 use std::sync::mpsc::{sync_channel, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,6 +23,40 @@ use std::time::{Duration, Instant};
 const IO_MEMORY_PER_SHARD: usize = 512 * 1024;
 /// Time for every executor to start before the clock starts.
 const START_DELAY: Duration = Duration::from_millis(100);
+
+/// A worker's timeout: armed around an operation on a socket, checked by the shard's
+/// watchdog a few times per `--timeout`; when it expires the socket is shut down, which ends
+/// the pending read or write, and the worker records a timeout. One cheap check per shard
+/// instead of an io_uring timeout armed and cancelled on every read.
+#[derive(Default)]
+pub struct Watch {
+    deadline: Cell<Option<(Instant, RawFd)>>,
+    fired: Cell<bool>,
+}
+
+impl Watch {
+    /// Arms the watch on socket `fd` until `timeout` from now.
+    pub fn arm(&self, fd: RawFd, timeout: Duration) {
+        self.fired.set(false);
+        self.deadline.set(Some((Instant::now() + timeout, fd)));
+    }
+
+    /// Disarms; `true` if the watchdog fired (the socket is shut down: drop the connection).
+    pub fn disarm(&self) -> bool {
+        self.deadline.set(None);
+        self.fired.get()
+    }
+
+    fn check(&self, now: Instant) {
+        if let Some((at, fd)) = self.deadline.get() {
+            if now >= at {
+                self.deadline.set(None);
+                self.fired.set(true);
+                crate::sys::shutdown(fd);
+            }
+        }
+    }
+}
 
 /// What every task on a shard shares.
 pub struct ShardCtx {
@@ -34,6 +69,7 @@ pub struct ShardCtx {
     pub end: Instant,
     tickets: Tickets,
     rec: RefCell<Recorder>,
+    watches: RefCell<Vec<Weak<Watch>>>,
 }
 
 impl ShardCtx {
@@ -69,6 +105,29 @@ impl ShardCtx {
 
     pub fn over(&self) -> bool {
         Instant::now() >= self.end
+    }
+
+    /// A timeout watch for one worker, checked by this shard's watchdog.
+    pub fn watch(&self) -> Rc<Watch> {
+        let w = Rc::new(Watch::default());
+        self.watches.borrow_mut().push(Rc::downgrade(&w));
+        w
+    }
+}
+
+/// Checks every worker's watch a few times per `--timeout` until the shard is done.
+async fn watchdog(ctx: Rc<ShardCtx>) {
+    let every = (ctx.timeout / 8).clamp(Duration::from_millis(1), Duration::from_millis(250));
+    loop {
+        glommio::timer::sleep(every).await;
+        let now = Instant::now();
+        ctx.watches.borrow_mut().retain(|w| match w.upgrade() {
+            Some(w) => {
+                w.check(now);
+                true
+            }
+            None => false,
+        });
     }
 }
 
@@ -135,6 +194,7 @@ pub fn run_load(cmd: &Command, load: &Load, prepared: Arc<Prepared>) -> Result<S
                     end,
                     tickets,
                     rec: RefCell::new(Recorder::new(shard, origin, warmup, tx)),
+                    watches: RefCell::new(Vec::new()),
                 });
                 scenario::before_start(&prepared, &ctx);
                 let now = Instant::now();
@@ -142,8 +202,10 @@ pub fn run_load(cmd: &Command, load: &Load, prepared: Arc<Prepared>) -> Result<S
                     glommio::timer::sleep(origin - now).await;
                 }
                 let ticker = glommio::spawn_local(tick_every_second(ctx.clone(), origin)).detach();
+                let dog = glommio::spawn_local(watchdog(ctx.clone())).detach();
                 scenario::run_shard(prepared, ctx.clone()).await;
                 ticker.cancel();
+                dog.cancel();
                 let missed = ctx.tickets.missed();
                 ctx.rec.borrow_mut().finish(missed);
             })

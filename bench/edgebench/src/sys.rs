@@ -1,7 +1,8 @@
 //! The only raw syscalls: `sendmmsg(2)` and `recvmmsg(2)` on a connected datagram socket,
-//! never blocking (`MSG_DONTWAIT`). They let the DNS engine move up to [`MAX_BATCH`]
-//! datagrams per syscall, where one `send`/`recv` per query would make the generator, not the
-//! target, the bottleneck.
+//! never blocking (`MSG_DONTWAIT`), and `shutdown(2)`. The first two let the DNS engine move
+//! up to [`MAX_BATCH`] datagrams per syscall, where one `send`/`recv` per query would make the
+//! generator, not the target, the bottleneck. `shutdown` is how the timeout watchdog ends an
+//! operation that waits too long, instead of arming an io_uring timeout per read.
 
 use std::io;
 use std::os::fd::RawFd;
@@ -81,6 +82,14 @@ pub fn recv_batch(
         lens[i] = msgs[i].msg_len as usize;
     }
     Ok(r)
+}
+
+/// Shuts both directions of the socket `fd`: a pending read returns 0 or fails, a pending
+/// write fails. The descriptor stays open (its owner closes it).
+pub fn shutdown(fd: RawFd) {
+    // SAFETY: shutdown(2) only changes socket state; on a descriptor that is not a socket it
+    // fails with ENOTSOCK, which is ignored. No memory is passed.
+    unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
 }
 
 #[cfg(test)]

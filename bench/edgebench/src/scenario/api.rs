@@ -3,7 +3,7 @@
 //! the hub acknowledges a registration until DNS answers it from every source port, hence on
 //! every shard the kernel spreads those ports to).
 
-use super::{backoff, connect, io_kind};
+use super::{backoff, connect, io_kind, watched};
 use crate::cli::{ApiRegister, PublishLatency};
 use crate::dnswire;
 use crate::http;
@@ -12,6 +12,7 @@ use crate::stats::{Done, ErrorKind};
 use futures_lite::AsyncWriteExt;
 use glommio::net::{TcpStream, UdpSocket};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 fn default_prefix() -> String {
@@ -98,6 +99,7 @@ impl RegisterPlan {
 }
 
 pub async fn register_worker(ctx: &ShardCtx, p: &RegisterPlan, worker: usize) {
+    let watch = ctx.watch();
     let mut conn: Option<TcpStream> = None;
     let mut buf = Vec::with_capacity(4096);
     let mut n = 0u64;
@@ -135,7 +137,8 @@ pub async fn register_worker(ctx: &ShardCtx, p: &RegisterPlan, worker: usize) {
             (http::post_json("/api/v1/register", &body), true)
         };
         let s = conn.as_mut().expect("connected above");
-        let r = match call(s, &req, &mut buf).await {
+        let fd = s.as_raw_fd();
+        let r = match watched(&watch, fd, ctx.timeout, call(s, &req, &mut buf)).await {
             Ok(st) if (200..300).contains(&st) => Ok(Done {
                 bytes: 0,
                 tag: match (register, st) {
@@ -260,6 +263,7 @@ async fn probe(
 }
 
 pub async fn publish_worker(ctx: &ShardCtx, p: &PublishPlan, worker: usize) {
+    let watch = ctx.watch();
     let mut conn: Option<TcpStream> = None;
     let mut socks: Vec<UdpSocket> = Vec::new();
     let mut buf = Vec::with_capacity(4096);
@@ -294,7 +298,9 @@ pub async fn publish_worker(ctx: &ShardCtx, p: &PublishPlan, worker: usize) {
         let ip = address_for(ctx.shard, worker, n);
         let body = register_body(&id, &id, &p.region, ip, 80);
         let s = conn.as_mut().expect("connected above");
-        let acked = match call(s, &http::post_json("/api/v1/register", &body), &mut buf).await {
+        let fd = s.as_raw_fd();
+        let req = http::post_json("/api/v1/register", &body);
+        let acked = match watched(&watch, fd, ctx.timeout, call(s, &req, &mut buf)).await {
             Ok(st) if (200..300).contains(&st) => Ok(Instant::now()),
             Ok(st) => Err(status_error(st)),
             Err(kind) => {
@@ -317,7 +323,11 @@ pub async fn publish_worker(ctx: &ShardCtx, p: &PublishPlan, worker: usize) {
         if !p.keep {
             if let Some(s) = conn.as_mut() {
                 let del = http::bodiless("DELETE", &format!("/api/v1/backends/{id}"));
-                if call(s, &del, &mut buf).await.is_err() {
+                let fd = s.as_raw_fd();
+                if watched(&watch, fd, ctx.timeout, call(s, &del, &mut buf))
+                    .await
+                    .is_err()
+                {
                     buf.clear();
                     conn = None;
                 }

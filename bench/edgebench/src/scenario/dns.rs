@@ -5,7 +5,7 @@
 //! rcode; a reply whose id is not the one in flight (a late answer to a query that timed out)
 //! is skipped, not counted.
 
-use super::{backoff, connect, io_kind, Prepared};
+use super::{backoff, connect, io_kind, watched, Prepared};
 use crate::cli::Dns;
 use crate::dnswire::{self, Query};
 use crate::pace::Take;
@@ -290,6 +290,7 @@ fn flush(
 }
 
 pub async fn tcp_worker(ctx: &ShardCtx, p: &DnsPlan, worker: usize) {
+    let watch = ctx.watch();
     let mut conn = None;
     let mut i = p.start_index(ctx.shard, worker);
     let mut id = (worker as u16).wrapping_mul(4099);
@@ -314,7 +315,8 @@ pub async fn tcp_worker(ctx: &ShardCtx, p: &DnsPlan, worker: usize) {
         frame.extend_from_slice(&q.wire);
         dnswire::set_id(&mut frame[2..], id);
         let s = conn.as_mut().expect("connected above");
-        let r = async {
+        let fd = s.as_raw_fd();
+        let r = watched(&watch, fd, ctx.timeout, async {
             s.write_all(&frame).await.map_err(io_kind)?;
             let mut len = [0u8; 2];
             s.read_exact(&mut len).await.map_err(io_kind)?;
@@ -327,7 +329,7 @@ pub async fn tcp_worker(ctx: &ShardCtx, p: &DnsPlan, worker: usize) {
                 }),
                 None => Err("bad-reply"),
             }
-        }
+        })
         .await;
         if r.is_err() {
             conn = None;

@@ -12,11 +12,12 @@ pub mod tcp;
 pub mod tls;
 
 use crate::cli::Command;
-use crate::run::ShardCtx;
+use crate::run::{ShardCtx, Watch};
 use crate::stats::ErrorKind;
 use glommio::net::TcpStream;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -137,7 +138,8 @@ pub fn io_kind(e: io::Error) -> ErrorKind {
     }
 }
 
-/// Connects with `--timeout`, TCP_NODELAY set, reads and writes bounded by the same timeout.
+/// Connects within `--timeout`, TCP_NODELAY set. Reads and writes are bounded by the worker's
+/// [`Watch`] (see [`watched`]), not by per-read timers.
 pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ErrorKind> {
     let s = TcpStream::connect_timeout(addr, timeout)
         .await
@@ -148,9 +150,24 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, E
             _ => "connect",
         })?;
     s.set_nodelay(true).map_err(|_| "connect")?;
-    s.set_read_timeout(Some(timeout)).map_err(|_| "connect")?;
-    s.set_write_timeout(Some(timeout)).map_err(|_| "connect")?;
     Ok(s)
+}
+
+/// Runs `op` on socket `fd` with the worker's watch armed for `timeout`: if the watchdog had
+/// to shut the socket down, the operation counts as a timeout whatever it returned (the
+/// caller must then drop the connection).
+pub async fn watched<T>(
+    watch: &Watch,
+    fd: RawFd,
+    timeout: Duration,
+    op: impl std::future::Future<Output = Result<T, ErrorKind>>,
+) -> Result<T, ErrorKind> {
+    watch.arm(fd, timeout);
+    let r = op.await;
+    if watch.disarm() {
+        return Err("timeout");
+    }
+    r
 }
 
 /// After a failed connect, wait a little before the next try so that a dead target is not

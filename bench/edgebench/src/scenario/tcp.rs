@@ -3,14 +3,14 @@
 //! request (`tcp-connect`). Requests are either `--size` bytes to an echo backend or, with
 //! `--http PATH`, one HTTP/1.1 GET per request.
 
-use super::{backoff, connect, io_kind};
+use super::{backoff, connect, io_kind, watched};
 use crate::cli::{TcpBulk, TcpRr};
 use crate::run::ShardCtx;
 use crate::stats::{Done, ErrorKind};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use std::net::SocketAddr;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
@@ -133,6 +133,7 @@ async fn exchange(s: &mut TcpStream, p: &RrPlan, buf: &mut Vec<u8>) -> Result<Do
 }
 
 pub async fn rr_worker(ctx: &ShardCtx, p: &RrPlan) {
+    let watch = ctx.watch();
     let mut conn: Option<TcpStream> = None;
     let mut buf = Vec::with_capacity(p.size.max(4096));
     while let Some(due) = ctx.next().await {
@@ -147,7 +148,8 @@ pub async fn rr_worker(ctx: &ShardCtx, p: &RrPlan) {
             }
         }
         let s = conn.as_mut().expect("connected above");
-        let r = exchange(s, p, &mut buf).await;
+        let fd = s.as_raw_fd();
+        let r = watched(&watch, fd, ctx.timeout, exchange(s, p, &mut buf)).await;
         // A failed exchange leaves the connection in an unknown state; so does a
         // per-request connection after its response.
         if r.is_err() || p.new_connection {
@@ -159,6 +161,7 @@ pub async fn rr_worker(ctx: &ShardCtx, p: &RrPlan) {
 }
 
 pub async fn bulk_worker(ctx: &ShardCtx, p: &BulkPlan) {
+    let watch = ctx.watch();
     let chunk: Vec<u8> = (0..p.size).map(|i| (i % 251) as u8).collect();
     let mut conn: Option<TcpStream> = None;
     while let Some(due) = ctx.next().await {
@@ -173,7 +176,11 @@ pub async fn bulk_worker(ctx: &ShardCtx, p: &BulkPlan) {
             }
         }
         let s = conn.as_mut().expect("connected above");
-        let r = s.write_all(&chunk).await.map_err(io_kind);
+        let fd = s.as_raw_fd();
+        let r = watched(&watch, fd, ctx.timeout, async {
+            s.write_all(&chunk).await.map_err(io_kind)
+        })
+        .await;
         if r.is_err() {
             conn = None;
         }

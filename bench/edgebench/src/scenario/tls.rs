@@ -2,7 +2,7 @@
 //! is off unless `--resume`) and `tls-bulk` (one handshake per stream, then writes of
 //! `--size` bytes as fast as the target takes them).
 
-use super::{backoff, connect, io_kind, within};
+use super::{backoff, connect, io_kind, watched, within};
 use crate::cli::Tls;
 use crate::run::ShardCtx;
 use crate::stats::{Done, ErrorKind};
@@ -12,6 +12,7 @@ use futures_rustls::TlsConnector;
 use glommio::net::TcpStream;
 use rustls::pki_types::ServerName;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 
 pub struct TlsPlan {
     pub target: SocketAddr,
@@ -65,6 +66,7 @@ impl TlsPlan {
 }
 
 pub async fn worker(ctx: &ShardCtx, p: &TlsPlan) {
+    let watch = ctx.watch();
     let chunk: Vec<u8> = (0..p.size).map(|i| (i % 251) as u8).collect();
     let mut stream: Option<TlsStream<TcpStream>> = None;
     while let Some(due) = ctx.next().await {
@@ -88,10 +90,11 @@ pub async fn worker(ctx: &ShardCtx, p: &TlsPlan) {
             }
         }
         let s = stream.as_mut().expect("connected above");
-        let r = async {
+        let fd = s.get_ref().0.as_raw_fd();
+        let r = watched(&watch, fd, ctx.timeout, async {
             s.write_all(&chunk).await.map_err(io_kind)?;
             s.flush().await.map_err(io_kind)
-        }
+        })
         .await;
         if r.is_err() {
             stream = None;
