@@ -81,6 +81,13 @@ fn tcp_scenarios_against_edgebench_echo() {
         "{open:?}"
     );
 
+    // The same with glommio tasks instead of the epoll engine.
+    let tasks = bench(&short("tcp-rr", &addr, &["-c", "2", "--engine", "glommio"]));
+    assert!(tasks.counts.ok > 0, "{tasks:?}");
+    assert_eq!(tasks.counts.errors, 0, "{:?}", tasks.errors);
+    assert_eq!(tasks.params["engine"], "glommio");
+    assert_eq!(rr.params["engine"], "epoll");
+
     let conn = bench(&short("tcp-connect", &addr, &["-c", "2"]));
     assert!(conn.counts.ok > 0, "{conn:?}");
     assert_eq!(conn.counts.errors, 0, "{:?}", conn.errors);
@@ -214,6 +221,21 @@ fn api_register_and_publish_latency_against_the_hub() {
     let (status, list) = hub.api("GET", "/api/v1/backends", None);
     assert_eq!(status, 200);
     assert!(list["total"].as_u64().unwrap() >= registered, "{list}");
+
+    // HTTP request/response (the mode compared with wrk), kept alive and one per connection,
+    // against the API's GET /health.
+    for scenario in ["tcp-rr", "tcp-connect"] {
+        for engine in ["epoll", "glommio"] {
+            let h = bench(&short(
+                scenario,
+                &api,
+                &["-c", "2", "--http", "/health", "--engine", engine],
+            ));
+            assert!(h.counts.ok > 0, "{scenario} {engine}: {h:?}");
+            assert_eq!(h.counts.errors, 0, "{scenario} {engine}: {:?}", h.errors);
+            assert_eq!(h.outcomes["200"], h.counts.ok);
+        }
+    }
 
     let dns = hub.dns.to_string();
     let publish = bench(&short(

@@ -140,6 +140,18 @@ pub struct TcpRr {
     /// with wrk against an HTTP backend).
     #[arg(long)]
     pub http: Option<String>,
+    /// auto: one epoll per shard in closed loop (cheapest per request), glommio tasks in open
+    /// loop (finer timers).
+    #[arg(long, value_enum, default_value_t = RrEngine::Auto)]
+    pub engine: RrEngine,
+}
+
+/// How tcp-rr and tcp-connect drive their connections.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RrEngine {
+    Auto,
+    Epoll,
+    Glommio,
 }
 
 #[derive(Args, Debug, Clone)]

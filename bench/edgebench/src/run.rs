@@ -98,6 +98,11 @@ impl ShardCtx {
         self.rec.borrow_mut().record(due, Instant::now(), result);
     }
 
+    /// Sends the finished one-second interval, if a new second began.
+    pub fn tick(&self, now: Instant) {
+        self.rec.borrow_mut().tick(now);
+    }
+
     /// Counts bytes moved outside an operation.
     pub fn add_bytes(&self, bytes: u64) {
         self.rec.borrow_mut().add_bytes(Instant::now(), bytes);

@@ -2,7 +2,8 @@
 //! never blocking (`MSG_DONTWAIT`), and `shutdown(2)`. The first two let the DNS engine move
 //! up to [`MAX_BATCH`] datagrams per syscall, where one `send`/`recv` per query would make the
 //! generator, not the target, the bottleneck. `shutdown` is how the timeout watchdog ends an
-//! operation that waits too long, instead of arming an io_uring timeout per read.
+//! operation that waits too long, instead of arming an io_uring timeout per read. [`Epoll`]
+//! is the readiness source of the closed-loop TCP engine (see `scenario::rr_epoll`).
 
 use std::io;
 use std::os::fd::RawFd;
@@ -90,6 +91,91 @@ pub fn shutdown(fd: RawFd) {
     // SAFETY: shutdown(2) only changes socket state; on a descriptor that is not a socket it
     // fails with ENOTSOCK, which is ignored. No memory is passed.
     unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+}
+
+/// Readiness interest of a registered socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interest {
+    Read,
+    Write,
+}
+
+/// An epoll instance (level-triggered), closed on drop.
+pub struct Epoll {
+    fd: RawFd,
+}
+
+fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+impl Epoll {
+    pub fn new() -> io::Result<Epoll> {
+        // SAFETY: epoll_create1 takes no pointer; the result is checked.
+        let fd = cvt(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
+        Ok(Epoll { fd })
+    }
+
+    fn ctl(&self, op: libc::c_int, fd: RawFd, token: u64, interest: Interest) -> io::Result<()> {
+        let events = match interest {
+            Interest::Read => libc::EPOLLIN | libc::EPOLLRDHUP,
+            Interest::Write => libc::EPOLLOUT,
+        };
+        let mut ev = libc::epoll_event {
+            events: events as u32,
+            u64: token,
+        };
+        // SAFETY: `ev` is a valid epoll_event for the duration of the call; the kernel copies it.
+        cvt(unsafe { libc::epoll_ctl(self.fd, op, fd, &mut ev) }).map(drop)
+    }
+
+    pub fn add(&self, fd: RawFd, token: u64, interest: Interest) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_ADD, fd, token, interest)
+    }
+
+    pub fn modify(&self, fd: RawFd, token: u64, interest: Interest) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_MOD, fd, token, interest)
+    }
+
+    /// Stops watching `fd` (closing it does that too; this is for descriptors kept open).
+    pub fn delete(&self, fd: RawFd) {
+        // SAFETY: a null event pointer is allowed for EPOLL_CTL_DEL; errors are irrelevant here.
+        unsafe { libc::epoll_ctl(self.fd, libc::EPOLL_CTL_DEL, fd, std::ptr::null_mut()) };
+    }
+
+    /// Waits up to `timeout_ms` (0 = poll) and returns the ready (token, error-or-hangup) pairs
+    /// in `out`.
+    pub fn wait(&self, out: &mut Vec<(u64, bool)>, max: usize, timeout_ms: i32) -> io::Result<()> {
+        out.clear();
+        let mut events = [libc::epoll_event { events: 0, u64: 0 }; 256];
+        let max = max.clamp(1, events.len());
+        // SAFETY: `events` has room for `max` entries and outlives the call.
+        let n = unsafe { libc::epoll_wait(self.fd, events.as_mut_ptr(), max as i32, timeout_ms) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return if e.kind() == io::ErrorKind::Interrupted {
+                Ok(())
+            } else {
+                Err(e)
+            };
+        }
+        for ev in &events[..n as usize] {
+            let bad = ev.events & (libc::EPOLLERR | libc::EPOLLHUP) as u32 != 0;
+            out.push((ev.u64, bad));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Epoll {
+    fn drop(&mut self) {
+        // SAFETY: the descriptor is owned by this value and closed exactly once.
+        unsafe { libc::close(self.fd) };
+    }
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod dns;
+pub mod rr_epoll;
 pub mod tcp;
 pub mod tls;
 
@@ -101,10 +102,10 @@ pub fn before_start(plan: &Prepared, ctx: &Rc<ShardCtx>) {
 
 /// Runs the plan's workers on this shard until the run ends.
 pub async fn run_shard(plan: Arc<Prepared>, ctx: Rc<ShardCtx>) {
-    if let Prepared::Dns(p) = &*plan {
-        if !p.tcp {
-            return dns::run_udp(plan.clone(), ctx).await;
-        }
+    match &*plan {
+        Prepared::Dns(p) if !p.tcp => return dns::run_udp(plan.clone(), ctx).await,
+        Prepared::TcpRr(p) if p.epoll => return rr_epoll::run(&ctx, p).await,
+        _ => {}
     }
     let mut tasks = Vec::with_capacity(ctx.workers);
     for worker in 0..ctx.workers {

@@ -4,7 +4,7 @@
 //! `--http PATH`, one HTTP/1.1 GET per request.
 
 use super::{backoff, connect, io_kind, watched};
-use crate::cli::{TcpBulk, TcpRr};
+use crate::cli::{RrEngine, TcpBulk, TcpRr};
 use crate::run::ShardCtx;
 use crate::stats::{Done, ErrorKind};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
@@ -81,7 +81,9 @@ pub struct RrPlan {
     pub size: usize,
     pub http: Option<String>,
     pub new_connection: bool,
-    request: Vec<u8>,
+    /// Closed loop on one epoll per shard (see `rr_epoll`) rather than glommio tasks.
+    pub epoll: bool,
+    pub(crate) request: Vec<u8>,
 }
 
 impl RrPlan {
@@ -91,11 +93,17 @@ impl RrPlan {
             // A recognisable, non-zero pattern: an echo that mangles it is caught.
             None => (0..c.size).map(|i| b'a' + (i % 26) as u8).collect(),
         };
+        let epoll = match c.engine {
+            RrEngine::Epoll => true,
+            RrEngine::Glommio => false,
+            RrEngine::Auto => c.load.rate.is_none(),
+        };
         RrPlan {
             target,
             size: c.size,
             http: c.http.clone(),
             new_connection,
+            epoll,
             request,
         }
     }
@@ -105,6 +113,7 @@ impl RrPlan {
             "size": self.size,
             "http": self.http,
             "new_connection_per_request": self.new_connection,
+            "engine": if self.epoll { "epoll" } else { "glommio" },
         })
     }
 }
