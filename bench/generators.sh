@@ -59,9 +59,14 @@ run_gen() {
   t0=$(now_s)
   spawn "$name" "$LOAD_CPU" "$logf" timeout -k 5 $((DUR + 30)) "$@"
   local pid=$SPAWNED_PID
-  # `timeout` forks the generator: sample its child.
-  sleep 0.05
-  local child; child="$(ps -o pid= --ppid "$pid" | head -1 | tr -d ' ')"
+  # `timeout` forks the generator: sample its child (wait up to 1 s for it to appear).
+  local child="" i
+  for ((i = 0; i < 20; i++)); do
+    child="$(ps -o pid= --ppid "$pid" | head -1 | tr -d ' ')"
+    [ -n "$child" ] && break
+    sleep 0.05
+  done
+  [ -n "$child" ] || warn "$name: no child process of timeout found; sampling timeout itself"
   gen_sample "${child:-$pid}" "$samples" &
   local sampler=$!
   wait "$pid" || warn "$name exited non-zero (see $logf)"
