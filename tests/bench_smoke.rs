@@ -74,6 +74,7 @@ fn tcp_scenarios_against_edgebench_echo() {
     // for (done, failed, or missed because every worker was busy).
     let open = bench(&short("tcp-rr", &addr, &["-c", "4", "--rate", "200"]));
     assert_eq!(open.mode, "open");
+    assert!(open.start_lateness_us.is_some() && rr.start_lateness_us.is_none());
     assert!(open.counts.ok > 0, "{open:?}");
     assert_eq!(
         open.counts.ok + open.counts.errors + open.counts.missed,

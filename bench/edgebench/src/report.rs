@@ -149,6 +149,9 @@ pub struct Summary {
     /// What the latency is: e.g. "request to response".
     pub latency_of: String,
     pub latency_us: Percentiles,
+    /// Open loop: how late operations started after their due time (already inside
+    /// `latency_us`): the generator's share, to tell it from the target's.
+    pub start_lateness_us: Option<Percentiles>,
     pub errors: BTreeMap<String, u64>,
     /// Outcome counts: DNS rcodes, HTTP statuses.
     pub outcomes: BTreeMap<String, u64>,
@@ -190,6 +193,7 @@ pub fn summarize(
         bytes_per_s: round1(totals.bytes as f64 / secs),
         latency_of: prepared.latency_of().into(),
         latency_us: Percentiles::of(&totals.hist),
+        start_lateness_us: load.rate.map(|_| Percentiles::of(&totals.lateness)),
         errors: totals.errors,
         outcomes: totals.tags,
         dropped_intervals: totals.dropped_intervals,
@@ -268,6 +272,13 @@ pub fn table(s: &Summary) -> String {
         "  latency   ({})  µs: p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  mean {}",
         s.latency_of, p.p50, p.p90, p.p99, p.p99_9, p.max, p.mean
     );
+    if let Some(l) = &s.start_lateness_us {
+        let _ = writeln!(
+            o,
+            "  late start (generator, inside latency) µs: p50 {}  p99 {}  max {}",
+            l.p50, l.p99, l.max
+        );
+    }
     if !s.outcomes.is_empty() {
         let tags: Vec<String> = s
             .outcomes
@@ -459,6 +470,7 @@ mod tests {
             bytes_per_s: 150.0,
             latency_of: "query to answer".into(),
             latency_us: Percentiles::of(&hist),
+            start_lateness_us: None,
             errors,
             outcomes,
             dropped_intervals: 0,

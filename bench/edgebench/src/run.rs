@@ -67,6 +67,8 @@ pub struct ShardCtx {
     pub timeout: Duration,
     /// When load stops: no operation starts after this.
     pub end: Instant,
+    /// Open loop (--rate).
+    pub open: bool,
     tickets: Tickets,
     rec: RefCell<Recorder>,
     watches: RefCell<Vec<Weak<Watch>>>,
@@ -80,7 +82,15 @@ impl ShardCtx {
         if due > now {
             glommio::timer::sleep(due - now).await;
         }
+        self.started(due, Instant::now());
         Some(due)
+    }
+
+    /// Open loop: notes how late an operation due at `due` started (no-op in closed loop).
+    pub fn started(&self, due: Instant, now: Instant) {
+        if self.open {
+            self.rec.borrow_mut().started(due, now);
+        }
     }
 
     /// The next intended start if it is due by `now` (batching engines).
@@ -197,6 +207,7 @@ pub fn run_load(cmd: &Command, load: &Load, prepared: Arc<Prepared>) -> Result<S
                     workers,
                     timeout,
                     end,
+                    open: rate.is_some(),
                     tickets,
                     rec: RefCell::new(Recorder::new(shard, origin, warmup, tx)),
                     watches: RefCell::new(Vec::new()),

@@ -59,6 +59,9 @@ pub struct Totals {
     pub tags: BTreeMap<String, u64>,
     /// Open loop: operations due before the end that no worker was free to start.
     pub missed: u64,
+    /// Open loop: how late operations started after their due time (µs): the generator's own
+    /// share of the latency (timer wake-ups, busy workers).
+    pub lateness: Histogram<u64>,
     /// Intervals the main thread was too busy to take (the series has a gap, totals do not).
     pub dropped_intervals: u64,
 }
@@ -72,6 +75,7 @@ impl Default for Totals {
             errors: BTreeMap::new(),
             tags: BTreeMap::new(),
             missed: 0,
+            lateness: new_histogram(),
             dropped_intervals: 0,
         }
     }
@@ -91,6 +95,9 @@ impl Totals {
             *self.tags.entry(k.clone()).or_default() += v;
         }
         self.missed += other.missed;
+        self.lateness
+            .add(&other.lateness)
+            .expect("histograms share their bounds");
         self.dropped_intervals += other.dropped_intervals;
     }
 
@@ -230,6 +237,14 @@ impl Recorder {
         }
     }
 
+    /// Open loop: records that an operation due at `due` actually started at `now`.
+    pub fn started(&mut self, due: Instant, now: Instant) {
+        if now >= self.measure_from {
+            let us = now.saturating_duration_since(due).as_micros() as u64;
+            self.totals.lateness.saturating_record(us);
+        }
+    }
+
     /// Records bytes moved outside an operation (bulk streams count every write).
     pub fn add_bytes(&mut self, now: Instant, bytes: u64) {
         self.tick(now);
@@ -310,6 +325,9 @@ mod tests {
             }),
         );
         r.record(at(1500), at(2500), Ok(Done::bytes(1)));
+        r.started(at(500), at(700));
+        r.started(at(1100), at(1100));
+        r.started(at(1200), at(1230));
         r.finish(4);
         let msgs: Vec<_> = rx.try_iter().collect();
         let ivs: Vec<&Interval> = msgs
@@ -333,6 +351,9 @@ mod tests {
         assert!(totals.errors.is_empty());
         assert_eq!(totals.tags["NOERROR"], 1);
         assert_eq!(totals.missed, 4);
+        // Lateness of the measured phase only: 0 and 30 ms.
+        assert_eq!(totals.lateness.len(), 2);
+        assert!(totals.lateness.equivalent(totals.lateness.max(), 30_000));
         assert_eq!(totals.hist.min(), 2000);
         assert!(totals.hist.max() >= 1_000_000);
     }

@@ -159,6 +159,7 @@ async fn udp_engine(ctx: &ShardCtx, p: &DnsPlan, sock_no: usize, slots: usize) {
         while !over && !free.is_empty() {
             match ctx.take_by(now) {
                 Take::Due(due) => {
+                    ctx.started(due, now);
                     let slot = free.pop().expect("not empty");
                     generation = generation.wrapping_add(1);
                     let id = ((generation << bits) | slot as u32) as u16;

@@ -305,6 +305,7 @@ pub async fn run(ctx: &ShardCtx, p: &RrPlan) {
             let Some(&i) = eng.idle.last() else { break };
             match ctx.take_by(now) {
                 Take::Due(due) => {
+                    ctx.started(due, now);
                     eng.idle.pop();
                     eng.start(i, due, now);
                 }
