@@ -92,7 +92,11 @@ pub async fn run_udp(plan: Arc<Prepared>, ctx: Rc<ShardCtx>) {
     let Prepared::Dns(p) = &*plan else {
         unreachable!("run_udp is called for DNS plans")
     };
-    let sockets = p.sockets.clamp(1, ctx.workers);
+    // Query ids carry the slot in their low bits: at most 32768 slots per socket.
+    let sockets = p
+        .sockets
+        .max(ctx.workers.div_ceil(32_768))
+        .clamp(1, ctx.workers);
     let mut tasks = Vec::with_capacity(sockets);
     for s in 0..sockets {
         let slots = ctx.workers / sockets + usize::from(s < ctx.workers % sockets);
