@@ -44,7 +44,7 @@ pub enum Scope<'s> {
     /// One app's backends (a route listener, a DNS name).
     App(&'s AppGroup),
     /// Every app's backends (the default proxy listener).
-    All(&'s [Arc<AppGroup>]),
+    All(&'s Snapshot),
 }
 
 impl<'s> Scope<'s> {
@@ -52,7 +52,7 @@ impl<'s> Scope<'s> {
     pub fn of(snap: &'s Snapshot, app: Option<&str>) -> Option<Scope<'s>> {
         match app {
             Some(name) => snap.app(name).map(Scope::App),
-            None => Some(Scope::All(snap.groups())),
+            None => Some(Scope::All(snap)),
         }
     }
 }
@@ -116,12 +116,11 @@ fn best_in<'s>(
             .for_each(|b| best.offer(b, client, now_ms, exclude)),
         None => g
             .backends()
-            .iter()
             .for_each(|b| best.offer(b, client, now_ms, exclude)),
     };
     match scope {
         Scope::App(g) => visit(g),
-        Scope::All(groups) => groups.iter().for_each(|g| visit(g)),
+        Scope::All(snap) => snap.groups().for_each(visit),
     }
     best.best.map(|(_, _, b)| b)
 }

@@ -387,7 +387,7 @@ fn classify(question: &Question<'_>, zone: &Zone, buf: &mut [u8; MAX_NAME_LEN]) 
 
 /// Whether some app's name ends with `.<name>`: `name` is then an empty non-terminal.
 fn has_apps_below(snap: &Snapshot, name: &str) -> bool {
-    snap.groups().iter().map(|g| g.name()).any(|app| {
+    snap.groups().map(|g| g.name()).any(|app| {
         app.len() > name.len() + 1
             && app.ends_with(name)
             && app.as_bytes()[app.len() - name.len() - 1] == b'.'

@@ -11,7 +11,7 @@
 
 mod snapshot;
 
-pub use snapshot::{AppGroup, Snapshot, SnapshotCell};
+pub use snapshot::{AppGroup, Bucket, Snapshot, SnapshotCell};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -175,9 +175,9 @@ pub struct Sweep {
 pub struct Registry {
     backends: BTreeMap<String, Arc<Backend>>,
     /// The same backends grouped by app, each group in id order.
-    apps: HashMap<Arc<str>, BTreeMap<String, Arc<Backend>>>,
+    apps: HashMap<Arc<str>, AppMembers>,
     /// Apps whose membership changed since the last publish.
-    dirty_apps: BTreeSet<Arc<str>>,
+    dirty_apps: BTreeMap<Arc<str>, Dirty>,
     /// The last published snapshot, which the next one is built from.
     current: Arc<Snapshot>,
     /// Changes not yet handed to persistence (see [`Registry::take_journal`]).
@@ -192,6 +192,86 @@ pub struct Registry {
     version: u64,
     dirty: bool,
     cell: Arc<SnapshotCell>,
+}
+
+/// One app's backends in the registry, split into buckets by id hash (see
+/// [`snapshot::BUCKET_TARGET`]): a change rebuilds one bucket of the app's snapshot group.
+#[derive(Default)]
+struct AppMembers {
+    buckets: Vec<BTreeMap<String, Arc<Backend>>>,
+    len: usize,
+}
+
+/// Which buckets of an app changed since the last publish.
+#[derive(Default)]
+struct Dirty {
+    all: bool,
+    buckets: BTreeSet<usize>,
+}
+
+/// What a membership change touched.
+enum Touched {
+    Bucket(usize),
+    /// The buckets were re-split: every one changed.
+    All,
+}
+
+impl Dirty {
+    fn add(&mut self, t: Touched) {
+        match t {
+            Touched::Bucket(i) => {
+                self.buckets.insert(i);
+            }
+            Touched::All => self.all = true,
+        }
+    }
+
+    fn contains(&self, i: usize) -> bool {
+        self.all || self.buckets.contains(&i)
+    }
+}
+
+impl AppMembers {
+    fn bucket_of(&self, key: u64) -> usize {
+        // The low bits feed the rendezvous score mixing too, but a bucket only groups storage.
+        (key >> 32) as usize & (self.buckets.len() - 1)
+    }
+
+    fn insert(&mut self, b: &Arc<Backend>) -> Touched {
+        if self.buckets.is_empty() {
+            self.buckets.push(BTreeMap::new());
+        }
+        let i = self.bucket_of(b.key);
+        if self.buckets[i].insert(b.id.clone(), b.clone()).is_none() {
+            self.len += 1;
+        }
+        if self.len > 2 * snapshot::BUCKET_TARGET * self.buckets.len() {
+            self.resplit(self.buckets.len() * 2);
+            return Touched::All;
+        }
+        Touched::Bucket(i)
+    }
+
+    fn remove(&mut self, b: &Backend) -> Touched {
+        let i = self.bucket_of(b.key);
+        if self.buckets[i].remove(&b.id).is_some() {
+            self.len -= 1;
+        }
+        if self.buckets.len() > 1 && self.len < snapshot::BUCKET_TARGET * self.buckets.len() / 4 {
+            self.resplit(self.buckets.len() / 2);
+            return Touched::All;
+        }
+        Touched::Bucket(i)
+    }
+
+    fn resplit(&mut self, n: usize) {
+        let old = std::mem::take(&mut self.buckets);
+        self.buckets = (0..n).map(|_| BTreeMap::new()).collect();
+        for (id, b) in old.into_iter().flatten() {
+            let i = self.bucket_of(b.key);
+            self.buckets[i].insert(id, b);
+        }
+    }
 }
 
 /// The stored form of a backend.
@@ -245,7 +325,7 @@ impl Registry {
         Registry {
             backends: BTreeMap::new(),
             apps: HashMap::new(),
-            dirty_apps: BTreeSet::new(),
+            dirty_apps: BTreeMap::new(),
             current,
             journal: Vec::new(),
             journaling: false,
@@ -420,11 +500,8 @@ impl Registry {
             Some((k, _)) => k.clone(),
             None => Arc::from(backend.app.as_str()),
         };
-        self.apps
-            .entry(app.clone())
-            .or_default()
-            .insert(backend.id.clone(), backend.clone());
-        self.dirty_apps.insert(app);
+        let touched = self.apps.entry(app.clone()).or_default().insert(backend);
+        self.dirty_apps.entry(app).or_default().add(touched);
     }
 
     fn leave_app(&mut self, backend: &Backend) {
@@ -433,12 +510,12 @@ impl Registry {
             None => return,
         };
         if let Some(members) = self.apps.get_mut(&app) {
-            members.remove(&backend.id);
-            if members.is_empty() {
+            let touched = members.remove(backend);
+            if members.len == 0 {
                 self.apps.remove(&app);
             }
+            self.dirty_apps.entry(app).or_default().add(touched);
         }
-        self.dirty_apps.insert(app);
     }
 
     pub fn get(&self, id: &str) -> Option<&Arc<Backend>> {
@@ -507,14 +584,26 @@ impl Registry {
     pub fn publish(&mut self) -> u64 {
         self.version += 1;
         let dirty = std::mem::take(&mut self.dirty_apps);
-        let changed = dirty.into_iter().map(|app| {
-            let members = self
-                .apps
-                .get(&app)
-                .map(|m| m.values().cloned().collect())
-                .unwrap_or_default();
-            (app, members)
-        });
+        let mut changed = Vec::with_capacity(dirty.len());
+        for (app, touched) in dirty {
+            let group = self.apps.get(&app).map(|members| {
+                let prev = self
+                    .current
+                    .app_arc(&app)
+                    .filter(|g| g.buckets().len() == members.buckets.len());
+                let buckets = members
+                    .buckets
+                    .iter()
+                    .enumerate()
+                    .map(|(i, bucket)| match prev {
+                        Some(g) if !touched.contains(i) => g.buckets()[i].clone(),
+                        _ => Arc::new(Bucket::build(bucket.values().cloned().collect())),
+                    })
+                    .collect();
+                Arc::new(AppGroup::new(app.clone(), buckets))
+            });
+            changed.push((app, group));
+        }
         let snapshot = Arc::new(Snapshot::next(&self.current, self.version, changed));
         self.current = snapshot.clone();
         self.cell.store(snapshot);
@@ -626,15 +715,20 @@ mod tests {
             before.app("b").unwrap(),
             after.app("b").unwrap()
         ));
-        assert_eq!(after.app("a").unwrap().backends().len(), 2);
+        assert_eq!(after.app("a").unwrap().len(), 2);
         // Moving a backend to another app leaves the old one.
         reg.register(spec("a2", "b", "eu", "10.0.0.3"), 0);
         reg.publish();
         let moved = cell.load_full();
-        assert_eq!(moved.app("a").unwrap().backends().len(), 1);
-        assert_eq!(moved.app("b").unwrap().backends().len(), 2);
+        assert_eq!(moved.app("a").unwrap().len(), 1);
+        assert_eq!(moved.app("b").unwrap().len(), 2);
         assert_eq!(
-            moved.app("b").unwrap().region_names().collect::<Vec<_>>(),
+            moved
+                .app("b")
+                .unwrap()
+                .region_names()
+                .into_iter()
+                .collect::<Vec<_>>(),
             ["eu", "sa"]
         );
         // The last member leaving removes the app.
@@ -642,9 +736,53 @@ mod tests {
         reg.publish();
         let gone = cell.load_full();
         assert!(gone.app("a").is_none());
-        assert_eq!(gone.groups().len(), 1);
+        assert_eq!(gone.groups().count(), 1);
         assert_eq!(gone.len(), 2);
         assert_eq!(gone.version, 4);
+    }
+
+    #[test]
+    fn a_big_app_is_split_into_buckets_and_one_change_rebuilds_one() {
+        let (mut reg, cell) = registry();
+        let n = 5 * snapshot::BUCKET_TARGET;
+        for i in 0..n {
+            reg.register(spec(&format!("b{i}"), "big", "sa", "10.0.0.1"), 0);
+        }
+        reg.publish();
+        let before = cell.load_full();
+        let group = before.app("big").unwrap();
+        assert_eq!(group.len(), n);
+        assert!(
+            group.buckets().len() >= 2,
+            "{} buckets",
+            group.buckets().len()
+        );
+        reg.register(spec("b7", "big", "eu", "10.0.0.2"), 0);
+        reg.publish();
+        let after = cell.load_full();
+        let (old, new) = (group.buckets(), after.app("big").unwrap().buckets());
+        assert_eq!(old.len(), new.len());
+        let rebuilt = old
+            .iter()
+            .zip(new)
+            .filter(|(a, b)| !Arc::ptr_eq(a, b))
+            .count();
+        assert_eq!(rebuilt, 1);
+        assert_eq!(after.app("big").unwrap().region("eu").count(), 1);
+        assert_eq!(after.find("b7").unwrap().region, "eu");
+        // Shrinking back re-splits, and nothing is lost on the way.
+        for i in 10..n {
+            reg.deregister(&format!("b{i}"));
+        }
+        reg.publish();
+        let small = cell.load_full();
+        let g = small.app("big").unwrap();
+        assert_eq!(g.len(), 10);
+        assert_eq!(g.buckets().len(), 1);
+        let mut ids: Vec<&str> = g.backends().map(|b| b.id.as_str()).collect();
+        ids.sort();
+        assert_eq!(ids.len(), 10);
+        assert_eq!(small.len(), 10);
     }
 
     #[test]

@@ -3,32 +3,40 @@
 //! Built by the API shard after a change and swapped in atomically through `arc-swap`
 //! ([`SnapshotCell`]); a reader holds one only for the length of one decision.
 //!
-//! A snapshot is a map from app name to an immutable [`AppGroup`] (the app's backends, grouped
-//! by region), shared by `Arc` between successive snapshots. A publish rebuilds only the groups
-//! of the apps that changed and re-links the others, so its cost is the size of the changed
-//! apps plus one pointer per app, not the size of the registry.
+//! Two levels of sharing keep a publish proportional to the change, not to the registry:
+//! - apps are spread over [`APP_SHARDS`] maps by a hash of their name; a publish rebuilds only
+//!   the maps of the apps that changed and re-links the others;
+//! - an app's backends are spread over buckets (a power of two of them, about
+//!   [`BUCKET_TARGET`] backends each, by a hash of the id); a change rebuilds only its bucket.
+//!
+//! So registering one backend into an app of 50,000 rebuilds one bucket of ~200 and one map of
+//! ~1/64 of the apps, instead of everything.
 
-use super::Backend;
+use super::{stable_hash, Backend};
 use arc_swap::{ArcSwap, Guard};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-/// One region's members of a group: (region code, indexes into the group's backends).
+/// Number of app maps a snapshot is split into.
+pub const APP_SHARDS: usize = 64;
+/// Backends per bucket an app aims for: it doubles its buckets when above twice this.
+pub const BUCKET_TARGET: usize = 128;
+
+/// One region's members of a bucket: (region code, indexes into the bucket's backends).
 pub type RegionMembers = (Box<str>, Box<[u32]>);
 
-/// The backends of one app, immutable.
-#[derive(Debug)]
-pub struct AppGroup {
-    name: Arc<str>,
-    /// Every member, in id order.
+/// Part of an app's backends, immutable.
+#[derive(Debug, Default)]
+pub struct Bucket {
+    /// Members, in id order.
     backends: Box<[Arc<Backend>]>,
-    /// Members per region (lower-case region code), regions in name order.
+    /// Members per region (lower-case code), regions in name order.
     regions: Box<[RegionMembers]>,
 }
 
-impl AppGroup {
-    /// Builds the group of `name` from its backends in id order.
-    pub fn build(name: Arc<str>, backends: Vec<Arc<Backend>>) -> AppGroup {
+impl Bucket {
+    /// A bucket of `backends` (in id order).
+    pub fn build(backends: Vec<Arc<Backend>>) -> Bucket {
         let mut regions: Vec<(Box<str>, Vec<u32>)> = Vec::new();
         for (i, b) in backends.iter().enumerate() {
             let region = b.region.as_str();
@@ -38,8 +46,7 @@ impl AppGroup {
             }
         }
         regions.sort_by(|a, b| a.0.cmp(&b.0));
-        AppGroup {
-            name,
+        Bucket {
             backends: backends.into_boxed_slice(),
             regions: regions
                 .into_iter()
@@ -48,20 +55,10 @@ impl AppGroup {
         }
     }
 
-    /// The app's name (lower-case).
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// Every member, in id order.
-    #[inline]
-    pub fn backends(&self) -> &[Arc<Backend>] {
-        &self.backends
-    }
-
-    /// The members in `region`.
-    #[inline]
-    pub fn region(&self, region: &str) -> impl Iterator<Item = &Arc<Backend>> + '_ {
+    fn region<'a, 'r>(
+        &'a self,
+        region: &'r str,
+    ) -> impl Iterator<Item = &'a Arc<Backend>> + use<'a, 'r> {
         self.regions
             .iter()
             .find(|(r, _)| &**r == region)
@@ -70,46 +67,123 @@ impl AppGroup {
             .iter()
             .map(move |&i| &self.backends[i as usize])
     }
-
-    /// The region codes that have members, in name order.
-    pub fn region_names(&self) -> impl Iterator<Item = &str> {
-        self.regions.iter().map(|(r, _)| &**r)
-    }
 }
 
-/// An immutable view of the registry.
-#[derive(Debug, Default)]
-pub struct Snapshot {
-    /// Increases by one with every publish.
-    pub version: u64,
-    apps: HashMap<Arc<str>, Arc<AppGroup>>,
-    /// Every group, for listeners that serve any app (unordered).
-    groups: Box<[Arc<AppGroup>]>,
+/// The backends of one app, immutable.
+#[derive(Debug)]
+pub struct AppGroup {
+    name: Arc<str>,
+    buckets: Box<[Arc<Bucket>]>,
     len: usize,
 }
 
+impl AppGroup {
+    /// The group of `name` made of `buckets` (as many as the registry keeps for the app).
+    pub fn new(name: Arc<str>, buckets: Box<[Arc<Bucket>]>) -> AppGroup {
+        let len = buckets.iter().map(|b| b.backends.len()).sum();
+        AppGroup { name, buckets, len }
+    }
+
+    /// The app's name (lower-case).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Number of backends.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The buckets, for a publish that reuses the unchanged ones.
+    pub fn buckets(&self) -> &[Arc<Bucket>] {
+        &self.buckets
+    }
+
+    /// Every member (bucket by bucket; within a bucket in id order).
+    #[inline]
+    pub fn backends(&self) -> impl Iterator<Item = &Arc<Backend>> + '_ {
+        self.buckets.iter().flat_map(|b| b.backends.iter())
+    }
+
+    /// The members in `region`.
+    #[inline]
+    pub fn region<'a, 'r>(
+        &'a self,
+        region: &'r str,
+    ) -> impl Iterator<Item = &'a Arc<Backend>> + use<'a, 'r> {
+        self.buckets.iter().flat_map(move |b| b.region(region))
+    }
+
+    /// The region codes that have members, in name order.
+    pub fn region_names(&self) -> BTreeSet<&str> {
+        self.buckets
+            .iter()
+            .flat_map(|b| b.regions.iter().map(|(r, _)| &**r))
+            .collect()
+    }
+}
+
+type AppMap = HashMap<Arc<str>, Arc<AppGroup>>;
+
+/// Which of the app maps holds `app`.
+#[inline]
+pub fn app_shard(app: &str) -> usize {
+    (stable_hash(app.as_bytes()) as usize) % APP_SHARDS
+}
+
+/// An immutable view of the registry.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Increases by one with every publish.
+    pub version: u64,
+    apps: Box<[Arc<AppMap>]>,
+    len: usize,
+}
+
+impl Default for Snapshot {
+    fn default() -> Self {
+        Snapshot {
+            version: 0,
+            apps: (0..APP_SHARDS).map(|_| Arc::new(AppMap::new())).collect(),
+            len: 0,
+        }
+    }
+}
+
 impl Snapshot {
-    /// The next snapshot after `prev`: `changed` lists the apps whose membership changed, each
-    /// with its new members in id order (empty = the app is gone).
+    /// The next snapshot after `prev`: `changed` gives each app whose membership changed, with
+    /// its new group (`None` = the app is gone). Everything else is shared with `prev`.
     pub fn next(
         prev: &Snapshot,
         version: u64,
-        changed: impl IntoIterator<Item = (Arc<str>, Vec<Arc<Backend>>)>,
+        changed: impl IntoIterator<Item = (Arc<str>, Option<Arc<AppGroup>>)>,
     ) -> Snapshot {
-        let mut apps = prev.apps.clone();
-        for (name, members) in changed {
-            if members.is_empty() {
-                apps.remove(&name);
-            } else {
-                apps.insert(name.clone(), Arc::new(AppGroup::build(name, members)));
+        let mut apps: Vec<Arc<AppMap>> = prev.apps.to_vec();
+        let mut len = prev.len;
+        let mut copied = [false; APP_SHARDS];
+        for (name, group) in changed {
+            let s = app_shard(&name);
+            if !copied[s] {
+                apps[s] = Arc::new((*apps[s]).clone());
+                copied[s] = true;
             }
+            let map = Arc::get_mut(&mut apps[s]).expect("a fresh copy is not shared");
+            let old = match group {
+                Some(g) => {
+                    len += g.len();
+                    map.insert(name, g)
+                }
+                None => map.remove(&name),
+            };
+            len -= old.map_or(0, |g| g.len());
         }
-        let groups: Box<[Arc<AppGroup>]> = apps.values().cloned().collect();
-        let len = groups.iter().map(|g| g.backends.len()).sum();
         Snapshot {
             version,
-            apps,
-            groups,
+            apps: apps.into_boxed_slice(),
             len,
         }
     }
@@ -126,20 +200,23 @@ impl Snapshot {
     /// The group of `app` (lower-case), if any backend is registered under it.
     #[inline]
     pub fn app(&self, app: &str) -> Option<&AppGroup> {
-        self.apps.get(app).map(|g| &**g)
+        self.app_arc(app).map(|g| &**g)
+    }
+
+    /// The shared group of `app`, for a publish that reuses its unchanged buckets.
+    pub fn app_arc(&self, app: &str) -> Option<&Arc<AppGroup>> {
+        self.apps[app_shard(app)].get(app)
     }
 
     /// Every app's group, unordered.
-    #[inline]
-    pub fn groups(&self) -> &[Arc<AppGroup>] {
-        &self.groups
+    pub fn groups(&self) -> impl Iterator<Item = &AppGroup> + '_ {
+        self.apps.iter().flat_map(|m| m.values().map(|g| &**g))
     }
 
     /// Finds a backend by id: a scan, for tests and tools, never for the data plane.
     pub fn find(&self, id: &str) -> Option<&Arc<Backend>> {
-        self.groups
-            .iter()
-            .flat_map(|g| g.backends.iter())
+        self.groups()
+            .flat_map(|g| g.backends())
             .find(|b| b.id == id)
     }
 }
