@@ -228,6 +228,33 @@ pub struct Args {
     )]
     pub dns_tcp_idle_timeout_secs: u64,
 
+    /// Bearer token(s) the API requires on every change (comma-separated: all are accepted, for
+    /// rotation). Unset: the API is open; a warning is logged when it listens beyond loopback.
+    #[arg(long, env = "EDGEPROXY_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+
+    /// File holding the API token(s), one per line or comma-separated (instead of the variable).
+    #[arg(long, env = "EDGEPROXY_API_TOKEN_FILE")]
+    pub api_token_file: Option<std::path::PathBuf>,
+
+    /// Require the token on read routes too (all but /health).
+    #[arg(long, env = "EDGEPROXY_API_AUTH_READS", default_value = "false", value_parser = parse_bool, action = clap::ArgAction::Set)]
+    pub api_auth_reads: bool,
+
+    /// Directory where the registry is persisted. Default: systemd's $STATE_DIRECTORY, else
+    /// /var/lib/edgeproxy for root, else $XDG_STATE_HOME/edgeproxy (~/.local/state/edgeproxy).
+    #[arg(long, env = "EDGEPROXY_STATE_DIR")]
+    pub state_dir: Option<std::path::PathBuf>,
+
+    /// Persist the registry (every acknowledged change is on disk first). `false` keeps it in
+    /// memory only: a restart forgets every backend.
+    #[arg(long, env = "EDGEPROXY_PERSIST", default_value = "true", value_parser = parse_bool, action = clap::ArgAction::Set)]
+    pub persist: bool,
+
+    /// Seconds open connections get to finish after SIGTERM/SIGINT before the process exits.
+    #[arg(long, env = "EDGEPROXY_DRAIN_TIMEOUT_SECS", default_value_t = 30)]
+    pub drain_timeout_secs: u64,
+
     /// Log level filter when RUST_LOG is not set (error, warn, info, debug, trace). DEBUG=1 means debug.
     #[arg(long, env = "EDGEPROXY_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
@@ -282,8 +309,34 @@ pub struct Config {
     pub api_idle_timeout: Duration,
     pub dns_tcp_max_connections: usize,
     pub dns_tcp_idle_timeout: Duration,
+    /// How long open connections get to finish on shutdown.
+    pub drain_timeout: Duration,
+    /// API bearer tokens and what they protect.
+    pub api_auth: crate::api::auth::Auth,
+    /// Where the registry is persisted; `None` = in memory only.
+    pub state_dir: Option<std::path::PathBuf>,
     /// Settings that were given but no longer apply (warned about at startup).
     pub ignored: Vec<&'static str>,
+}
+
+/// Where the registry lives when `--state-dir` is not given.
+pub fn default_state_dir() -> std::path::PathBuf {
+    use std::path::PathBuf;
+    if let Ok(dirs) = std::env::var("STATE_DIRECTORY") {
+        if let Some(first) = dirs.split(':').find(|d| !d.is_empty()) {
+            return PathBuf::from(first);
+        }
+    }
+    if crate::sys::is_root() {
+        return PathBuf::from("/var/lib/edgeproxy");
+    }
+    if let Ok(xdg) = std::env::var("XDG_STATE_HOME") {
+        if !xdg.is_empty() {
+            return PathBuf::from(xdg).join("edgeproxy");
+        }
+    }
+    let home = std::env::var("HOME").unwrap_or_else(|_| ".".into());
+    PathBuf::from(home).join(".local/state/edgeproxy")
 }
 
 /// The CPUs this process may run on, in order.
@@ -339,6 +392,23 @@ impl Config {
         } else {
             RegionMap::new(args.region_map)
         };
+        let mut tokens = args.api_token.clone().unwrap_or_default();
+        if let Some(path) = &args.api_token_file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                ConfigError(format!(
+                    "cannot read --api-token-file {}: {e}",
+                    path.display()
+                ))
+            })?;
+            for line in text.lines() {
+                tokens.push(',');
+                tokens.push_str(line);
+            }
+        }
+        let api_auth = crate::api::auth::Auth::new(&tokens, args.api_auth_reads);
+        if (args.api_token.is_some() || args.api_token_file.is_some()) && !api_auth.enabled() {
+            return Err(ConfigError("the API token is empty".into()));
+        }
         let mut ignored = Vec::new();
         if args.legacy_db_path.is_some() {
             ignored.push("EDGEPROXY_DB_PATH");
@@ -378,6 +448,13 @@ impl Config {
             api_idle_timeout: Duration::from_secs(args.api_idle_timeout_secs.max(1)),
             dns_tcp_max_connections: args.dns_tcp_max_connections,
             dns_tcp_idle_timeout: Duration::from_secs(args.dns_tcp_idle_timeout_secs.max(1)),
+            api_auth,
+            drain_timeout: Duration::from_secs(args.drain_timeout_secs),
+            state_dir: match (args.persist, args.state_dir) {
+                (false, _) => None,
+                (true, Some(dir)) => Some(dir),
+                (true, None) => Some(default_state_dir()),
+            },
             ignored,
         })
     }
@@ -389,6 +466,7 @@ impl Config {
             "--listen-addr=127.0.0.1:0",
             "--api-listen-addr=127.0.0.1:0",
             "--dns-listen-addr=127.0.0.1:0",
+            "--persist=false",
         ]);
         let allowed = allowed_cpus();
         let mut cfg = Config::from_args(args, &allowed).expect("test config is valid");

@@ -18,6 +18,8 @@
 //! - [`api`]: HTTP/1.1 request reader, routes and JSON for the registration API.
 //! - [`proxy`]: TCP forwarding (splice or copy) with connect retries.
 //! - [`shard`]: spawning pinned executors, binding listeners on every shard, startup errors.
+//! - [`notify`]: systemd readiness and watchdog (`sd_notify`), off the shards.
+//! - [`doctor`]: `edgeproxy doctor`, the machine against `tuning/` and the configuration.
 //!
 //! Nothing on a shard blocks or takes a lock: shared state is either the `ArcSwap` snapshot or
 //! single-writer atomics (see [`registry::BackendLive`]).
@@ -26,10 +28,15 @@ pub mod api;
 pub mod clock;
 pub mod config;
 pub mod dns;
+pub mod doctor;
 pub mod geo;
+pub mod metrics;
 pub mod names;
+pub mod notify;
 pub mod proxy;
 pub mod registry;
 pub mod select;
 pub mod shard;
+pub mod shutdown;
+pub mod store;
 pub mod sys;

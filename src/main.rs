@@ -2,8 +2,11 @@
 
 use clap::Parser;
 use edgeproxy::config::{allowed_cpus, Args, Config};
+use edgeproxy::metrics::Metrics;
+use edgeproxy::{shutdown, sys};
 use std::io::Write;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 fn init_logging(level: &str) {
     let mut builder = env_logger::Builder::new();
@@ -26,9 +29,35 @@ fn init_logging(level: &str) {
         .init();
 }
 
+/// The command line: the hub's settings, or a subcommand with its own.
+#[derive(clap::Parser)]
+#[command(
+    name = "edgeproxy",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(flatten)]
+    hub: Args,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Check this machine for running a hub with these settings (sysctls, limits, io_uring,
+    /// CPUs, ports); exit 1 if a check fails.
+    Doctor(edgeproxy::doctor::DoctorArgs),
+}
+
 fn main() -> ExitCode {
-    let args = match Args::try_parse() {
-        Ok(args) => args,
+    let args = match Cli::try_parse() {
+        Ok(Cli {
+            command: Some(Command::Doctor(doctor)),
+            ..
+        }) => return edgeproxy::doctor::run(doctor),
+        Ok(cli) => cli.hub,
         Err(e) => {
             // --help and --version are not errors.
             let code = if e.use_stderr() { 2 } else { 0 };
@@ -47,7 +76,20 @@ fn main() -> ExitCode {
     for name in &cfg.ignored {
         log::warn!("{name} is an edgeProxy v0.4 setting that no longer applies; ignored");
     }
+    if let Some(api) = cfg.api_listen_addr {
+        if !cfg.api_auth.enabled() && !api.ip().is_loopback() {
+            log::warn!(
+                "the API on {api} accepts registrations from anyone who can reach it: set EDGEPROXY_API_TOKEN (or --api-token-file)"
+            );
+        }
+    }
     let log_cfg = cfg.clone();
+    // Signals are taken by this thread alone (sigwait below), never by a shard: block them
+    // before the shards start so they inherit the mask.
+    if let Err(e) = sys::block_signals(&SIGNALS) {
+        eprintln!("edgeproxy: cannot block signals: {e}");
+        return ExitCode::from(2);
+    }
     let hub = match edgeproxy::shard::start(cfg) {
         Ok(hub) => hub,
         Err(e) => {
@@ -77,11 +119,81 @@ fn main() -> ExitCode {
         log_cfg.shards,
         log_cfg.region
     );
-    match hub.join() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            log::error!("{e}");
-            ExitCode::from(1)
+    // systemd (Type=notify): every shard serves; then keep the watchdog fed while DNS answers.
+    edgeproxy::notify::ready(&format!(
+        "serving: proxy={} shards={}",
+        hub.addrs.proxy, log_cfg.shards
+    ));
+    edgeproxy::notify::spawn_watchdog(hub.addrs.dns.map(|dns| edgeproxy::notify::Probe {
+        dns,
+        zone: log_cfg.dns_zone.clone(),
+    }));
+    let metrics = hub.metrics.clone();
+    // A shard that stops on its own is a bug: do not keep half a hub running.
+    std::thread::spawn(move || {
+        let result = hub.join();
+        if !shutdown::draining() {
+            log::error!("a shard stopped unexpectedly ({result:?}); exiting");
+            std::process::exit(1);
+        }
+    });
+    loop {
+        match sys::wait_signal(&SIGNALS) {
+            Ok(libc::SIGHUP) => {
+                log::info!("SIGHUP: nothing is reloadable yet; restart to change settings");
+            }
+            Ok(sig) => {
+                log::info!(
+                    "signal {sig}: draining (no new connections; open ones get {:?})",
+                    log_cfg.drain_timeout
+                );
+                return drain(
+                    &metrics,
+                    log_cfg.drain_timeout,
+                    log_cfg.api_listen_addr.is_some(),
+                );
+            }
+            Err(e) => {
+                log::error!("cannot wait for signals: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    }
+}
+
+const SIGNALS: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
+
+/// Stops accepting, waits for open forwarded connections and the registry flush (bounded by
+/// `timeout`), then exits 0. A second SIGTERM/SIGINT exits at once.
+fn drain(metrics: &Metrics, timeout: Duration, has_registry: bool) -> ExitCode {
+    shutdown::begin();
+    edgeproxy::notify::stopping();
+    let deadline = Instant::now() + timeout;
+    loop {
+        let active: i64 = metrics.shards.iter().map(|m| m.proxy_active.get()).sum();
+        let flushed = shutdown::flushed() || !has_registry;
+        if active <= 0 && flushed {
+            log::info!("drained: exiting");
+            return ExitCode::SUCCESS;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            log::warn!("drain timeout: exiting with {active} connections still open");
+            return ExitCode::SUCCESS;
+        }
+        let wait = (deadline - now).min(Duration::from_millis(50));
+        match sys::wait_signal_timeout(&[libc::SIGTERM, libc::SIGINT], wait) {
+            Ok(Some(sig)) => {
+                log::warn!(
+                    "signal {sig} while draining: exiting now with {active} connections open"
+                );
+                return ExitCode::from(1);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                log::error!("cannot wait for signals: {e}");
+                return ExitCode::from(1);
+            }
         }
     }
 }

@@ -12,8 +12,9 @@
 //!
 //! [`Backend::eligible`]: crate::registry::Backend::eligible
 
-use crate::registry::{mix64, stable_hash, AppGroup, Snapshot};
+use crate::registry::{mix64, stable_hash, AppGroup, Backend, Snapshot};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 /// Who is asking, as far as choosing is concerned.
 #[derive(Debug, Clone, Copy)]
@@ -37,6 +38,25 @@ impl<'a> Client<'a> {
     }
 }
 
+/// Which backends a decision chooses among.
+#[derive(Debug, Clone, Copy)]
+pub enum Scope<'s> {
+    /// One app's backends (a route listener, a DNS name).
+    App(&'s AppGroup),
+    /// Every app's backends (the default proxy listener).
+    All(&'s [Arc<AppGroup>]),
+}
+
+impl<'s> Scope<'s> {
+    /// The scope of `app` in `snap` (`None` = every app). `None` when the app has no backend.
+    pub fn of(snap: &'s Snapshot, app: Option<&str>) -> Option<Scope<'s>> {
+        match app {
+            Some(name) => snap.app(name).map(Scope::App),
+            None => Some(Scope::All(snap.groups())),
+        }
+    }
+}
+
 /// Which tier a choice came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tier {
@@ -49,7 +69,7 @@ pub enum Tier {
 #[inline]
 pub fn score(client_key: u64, backend_key: u64, weight: u32) -> f64 {
     let h = mix64(client_key ^ backend_key);
-    // 53 random bits → u in (0, 1]; -ln(u) in [0, 37).
+    // 53 random bits -> u in (0, 1]; -ln(u) in [0, 37).
     let u = ((h >> 11) + 1) as f64 * (1.0 / (1u64 << 53) as f64);
     let x = -u.ln();
     if x <= 0.0 {
@@ -59,53 +79,73 @@ pub fn score(client_key: u64, backend_key: u64, weight: u32) -> f64 {
     }
 }
 
-/// The best eligible member of `members` for `client`, skipping `exclude`.
-#[inline]
-fn best_in(
-    snap: &Snapshot,
-    members: &[u32],
-    client: &Client<'_>,
-    now_ms: u64,
-    exclude: &[u32],
-) -> Option<u32> {
-    let mut best: Option<(f64, u32)> = None;
-    for &i in members {
-        if exclude.contains(&i) {
-            continue;
-        }
-        let b = snap.backend(i);
-        if !b.eligible(now_ms) {
-            continue;
-        }
-        let s = score(client.key, b.key, b.weight);
-        if best.is_none_or(|(bs, _)| s > bs) {
-            best = Some((s, i));
-        }
-    }
-    best.map(|(_, i)| i)
+/// The running best of one tier.
+struct Best<'s> {
+    best: Option<(f64, u64, &'s Arc<Backend>)>,
 }
 
-/// Chooses the backend of `group` for `client`: see the module docs. `exclude` lists backends
-/// already tried for this connection (a handful at most).
-pub fn pick(
-    snap: &Snapshot,
-    group: &AppGroup,
+impl<'s> Best<'s> {
+    #[inline]
+    fn offer(&mut self, b: &'s Arc<Backend>, client: &Client<'_>, now_ms: u64, exclude: &[u64]) {
+        if exclude.contains(&b.key) || !b.eligible(now_ms) {
+            return;
+        }
+        let s = score(client.key, b.key, b.weight);
+        // Ties (astronomically rare) go to the larger key, so every shard agrees.
+        if self
+            .best
+            .is_none_or(|(bs, bk, _)| s > bs || (s == bs && b.key > bk))
+        {
+            self.best = Some((s, b.key, b));
+        }
+    }
+}
+
+/// The best eligible backend of `scope` in `region` (`None` = any region).
+fn best_in<'s>(
+    scope: Scope<'s>,
+    region: Option<&str>,
+    client: &Client<'_>,
+    now_ms: u64,
+    exclude: &[u64],
+) -> Option<&'s Arc<Backend>> {
+    let mut best = Best { best: None };
+    let mut visit = |g: &'s AppGroup| match region {
+        Some(r) => g
+            .region(r)
+            .for_each(|b| best.offer(b, client, now_ms, exclude)),
+        None => g
+            .backends()
+            .iter()
+            .for_each(|b| best.offer(b, client, now_ms, exclude)),
+    };
+    match scope {
+        Scope::App(g) => visit(g),
+        Scope::All(groups) => groups.iter().for_each(|g| visit(g)),
+    }
+    best.best.map(|(_, _, b)| b)
+}
+
+/// Chooses the backend of `scope` for `client`: see the module docs. `exclude` lists the keys
+/// ([`Backend::key`]) of backends already tried for this connection (a handful at most).
+pub fn pick<'s>(
+    scope: Scope<'s>,
     client: &Client<'_>,
     hub_region: &str,
     now_ms: u64,
-    exclude: &[u32],
-) -> Option<(u32, Tier)> {
+    exclude: &[u64],
+) -> Option<(&'s Arc<Backend>, Tier)> {
     if let Some(region) = client.region {
-        if let Some(i) = best_in(snap, group.region(region), client, now_ms, exclude) {
-            return Some((i, Tier::ClientRegion));
+        if let Some(b) = best_in(scope, Some(region), client, now_ms, exclude) {
+            return Some((b, Tier::ClientRegion));
         }
     }
     if client.region != Some(hub_region) {
-        if let Some(i) = best_in(snap, group.region(hub_region), client, now_ms, exclude) {
-            return Some((i, Tier::HubRegion));
+        if let Some(b) = best_in(scope, Some(hub_region), client, now_ms, exclude) {
+            return Some((b, Tier::HubRegion));
         }
     }
-    best_in(snap, &group.members, client, now_ms, exclude).map(|i| (i, Tier::Any))
+    best_in(scope, None, client, now_ms, exclude).map(|b| (b, Tier::Any))
 }
 
 #[cfg(test)]
@@ -117,16 +157,9 @@ mod tests {
 
     fn spec(id: &str, app: &str, region: &str, weight: u32) -> BackendSpec {
         BackendSpec {
-            id: id.into(),
-            app: app.into(),
-            region: region.into(),
-            country: None,
-            ip: "10.0.0.1".parse().unwrap(),
-            port: 80,
             weight,
-            soft_limit: None,
-            hard_limit: None,
             ttl_secs: Some(60),
+            ..BackendSpec::new(id, app, region, "10.0.0.1".parse().unwrap(), 80)
         }
     }
 
@@ -140,8 +173,12 @@ mod tests {
         (reg, cell)
     }
 
-    fn id_of(snap: &Snapshot, pick: Option<(u32, Tier)>) -> Option<(&str, Tier)> {
-        pick.map(|(i, t)| (snap.backend(i).id.as_str(), t))
+    fn id_of(pick: Option<(&Arc<Backend>, Tier)>) -> Option<(&str, Tier)> {
+        pick.map(|(b, t)| (b.id.as_str(), t))
+    }
+
+    fn app<'s>(snap: &'s Snapshot, name: &str) -> Scope<'s> {
+        Scope::of(snap, Some(name)).unwrap()
     }
 
     fn client(n: u32, region: Option<&str>) -> Client<'_> {
@@ -160,25 +197,32 @@ mod tests {
             spec("other", "other", "us", 1),
         ]);
         let snap = cell.load();
-        let group = snap.app("app").unwrap();
+        let group = app(&snap, "app");
         let c = client(1, Some("sa"));
         assert_eq!(
-            id_of(&snap, pick(&snap, group, &c, "eu", 0, &[])),
+            id_of(pick(group, &c, "eu", 0, &[])),
             Some(("a-sa", Tier::ClientRegion))
         );
         let c = client(1, Some("us"));
         assert_eq!(
-            id_of(&snap, pick(&snap, group, &c, "eu", 0, &[])),
+            id_of(pick(group, &c, "eu", 0, &[])),
             Some(("a-eu", Tier::HubRegion))
         );
         let c = client(1, Some("us"));
-        let (tier_any, t) = id_of(&snap, pick(&snap, group, &c, "xx", 0, &[])).unwrap();
+        let (tier_any, t) = id_of(pick(group, &c, "xx", 0, &[])).unwrap();
         assert_eq!(t, Tier::Any);
         assert!(tier_any.starts_with("a-"));
+        // The every-app scope sees every backend.
+        let all = Scope::of(&snap, None).unwrap();
+        let c = client(1, Some("us"));
+        assert_eq!(
+            id_of(pick(all, &c, "eu", 0, &[])),
+            Some(("other", Tier::ClientRegion))
+        );
         // Never another app's backend.
         for n in 0..200 {
             let c = client(n, None);
-            let (id, _) = id_of(&snap, pick(&snap, group, &c, "us", 0, &[])).unwrap();
+            let (id, _) = id_of(pick(group, &c, "us", 0, &[])).unwrap();
             assert_ne!(id, "other");
         }
     }
@@ -190,18 +234,15 @@ mod tests {
             spec("a-eu", "app", "eu", 1),
         ]);
         let snap = cell.load();
-        let group = snap.app("app").unwrap();
+        let group = app(&snap, "app");
         let c = client(7, Some("sa"));
-        let (first, _) = pick(&snap, group, &c, "eu", 0, &[]).unwrap();
-        assert_eq!(snap.backend(first).id, "a-sa");
-        let (second, tier) = pick(&snap, group, &c, "eu", 0, &[first]).unwrap();
-        assert_eq!(
-            (snap.backend(second).id.as_str(), tier),
-            ("a-eu", Tier::HubRegion)
-        );
-        assert_eq!(pick(&snap, group, &c, "eu", 0, &[first, second]), None);
+        let (first, _) = pick(group, &c, "eu", 0, &[]).unwrap();
+        assert_eq!(first.id, "a-sa");
+        let (second, tier) = pick(group, &c, "eu", 0, &[first.key]).unwrap();
+        assert_eq!((second.id.as_str(), tier), ("a-eu", Tier::HubRegion));
+        assert!(pick(group, &c, "eu", 0, &[first.key, second.key]).is_none());
         // Past the TTL (60 s) nothing is served.
-        assert_eq!(pick(&snap, group, &c, "eu", 60_000, &[]), None);
+        assert!(pick(group, &c, "eu", 60_000, &[]).is_none());
     }
 
     #[test]
@@ -210,28 +251,16 @@ mod tests {
         limited.hard_limit = Some(2);
         let (_reg, cell) = build(vec![limited, spec("b", "app", "eu", 1)]);
         let snap = cell.load();
-        let group = snap.app("app").unwrap();
+        let group = app(&snap, "app");
         let c = client(3, Some("sa"));
-        let a = snap.backend_by_id("a").unwrap();
+        let a = snap.find("a").unwrap();
         a.live.shard_counter(0).store(1, Ordering::Relaxed);
-        assert_eq!(
-            snap.backend(pick(&snap, group, &c, "eu", 0, &[]).unwrap().0)
-                .id,
-            "a"
-        );
+        assert_eq!(pick(group, &c, "eu", 0, &[]).unwrap().0.id, "a");
         a.live.shard_counter(1).store(1, Ordering::Relaxed);
-        assert_eq!(
-            snap.backend(pick(&snap, group, &c, "eu", 0, &[]).unwrap().0)
-                .id,
-            "b"
-        );
+        assert_eq!(pick(group, &c, "eu", 0, &[]).unwrap().0.id, "b");
         a.live.shard_counter(1).store(0, Ordering::Relaxed);
         a.live.draining.store(true, Ordering::Relaxed);
-        assert_eq!(
-            snap.backend(pick(&snap, group, &c, "eu", 0, &[]).unwrap().0)
-                .id,
-            "b"
-        );
+        assert_eq!(pick(group, &c, "eu", 0, &[]).unwrap().0.id, "b");
     }
 
     #[test]
@@ -242,14 +271,14 @@ mod tests {
             spec("w3", "app", "sa", 3),
         ]);
         let snap = cell.load();
-        let group = snap.app("app").unwrap();
+        let group = app(&snap, "app");
         let mut counts = [0u32; 3];
         for n in 0..12_000 {
             let c = client(n, Some("sa"));
-            let (i, _) = pick(&snap, group, &c, "eu", 0, &[]).unwrap();
+            let (b, _) = pick(group, &c, "eu", 0, &[]).unwrap();
             // Sticky: the same answer twice.
-            assert_eq!(pick(&snap, group, &c, "eu", 0, &[]).unwrap().0, i);
-            counts[i as usize] += 1;
+            assert_eq!(pick(group, &c, "eu", 0, &[]).unwrap().0.id, b.id);
+            counts[b.weight as usize - 1] += 1;
         }
         for (i, &n) in counts.iter().enumerate() {
             let expected = 12_000.0 * (i + 1) as f64 / 6.0;
@@ -273,16 +302,8 @@ mod tests {
         let after = cell.load_full();
         for n in 0..5_000 {
             let c = client(n, Some("sa"));
-            let b = before.backend(
-                pick(&before, before.app("app").unwrap(), &c, "eu", 0, &[])
-                    .unwrap()
-                    .0,
-            );
-            let a = after.backend(
-                pick(&after, after.app("app").unwrap(), &c, "eu", 0, &[])
-                    .unwrap()
-                    .0,
-            );
+            let b = pick(app(&before, "app"), &c, "eu", 0, &[]).unwrap().0;
+            let a = pick(app(&after, "app"), &c, "eu", 0, &[]).unwrap().0;
             if b.id != "b2" {
                 assert_eq!(a.id, b.id, "client {n} moved although its backend stayed");
             }

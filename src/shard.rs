@@ -11,6 +11,7 @@
 
 use crate::config::Config;
 use crate::registry::{Registry, SnapshotCell};
+use crate::shutdown::until_drain;
 use glommio::{LocalExecutorBuilder, Placement};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::cell::RefCell;
@@ -36,6 +37,16 @@ pub struct ShardCtx {
     pub cell: Arc<SnapshotCell>,
     /// Wall-clock start time of the process (Unix ms).
     pub started_unix_ms: u64,
+    /// Every shard's counters; this shard writes only its own ([`ShardCtx::metrics`]).
+    pub all_metrics: Arc<crate::metrics::Metrics>,
+}
+
+impl ShardCtx {
+    /// This shard's counters.
+    #[inline]
+    pub fn metrics(&self) -> &crate::metrics::ShardMetrics {
+        &self.all_metrics.shards[self.id]
+    }
 }
 
 /// A startup failure: one line naming the cause and the fix. The process exits with code 2.
@@ -233,6 +244,7 @@ fn check_memlock(shards: usize) -> Result<(), StartError> {
 pub struct Hub {
     pub addrs: BoundAddrs,
     pub cell: Arc<SnapshotCell>,
+    pub metrics: Arc<crate::metrics::Metrics>,
     handles: Vec<glommio::ExecutorJoinHandle<()>>,
 }
 
@@ -263,7 +275,43 @@ pub fn start(cfg: Config) -> Result<Hub, StartError> {
     let (addrs, sockets) = bind_all(&cfg)?;
     let cfg = Arc::new(cfg);
     let cell = Arc::new(SnapshotCell::new());
+    // The registry is built (and restored from disk) before any shard runs, so no shard ever
+    // answers from an empty snapshot after a restart; it then moves to the API shard.
+    let mut registry = Registry::new(
+        cfg.shards,
+        cfg.heartbeat_ttl_secs,
+        cfg.expiry_grace_secs,
+        cell.clone(),
+    );
+    let mut recovered = match &cfg.state_dir {
+        Some(dir) => {
+            let mut r = crate::store::recover(dir).map_err(|e| StartError(e.0))?;
+            if let Some((bytes, why)) = &r.discarded {
+                log::warn!(
+                    "state: cut {bytes} bytes from the end of the registry log ({why}); kept every record before it"
+                );
+            }
+            log::info!(
+                "state: restored {} backends from {}",
+                r.backends.len(),
+                dir.display()
+            );
+            registry.restore(
+                std::mem::take(&mut r.backends).into_values(),
+                crate::clock::now_ms(),
+            );
+            registry.enable_journal();
+            Some(r)
+        }
+        None => {
+            log::info!("state: persistence is off; the registry lives in memory only");
+            None
+        }
+    };
+    registry.publish();
+    let mut registry = Some(registry);
     let started_unix_ms = crate::clock::unix_ms();
+    let all_metrics = Arc::new(crate::metrics::Metrics::new(cfg.shards));
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<usize, String>>();
     let mut handles = Vec::with_capacity(cfg.shards);
     for (id, socks) in sockets.into_iter().enumerate() {
@@ -273,14 +321,17 @@ pub fn start(cfg: Config) -> Result<Hub, StartError> {
             cfg: cfg.clone(),
             cell: cell.clone(),
             started_unix_ms,
+            all_metrics: all_metrics.clone(),
         };
+        let control =
+            (id == 0).then(|| (registry.take().expect("one API shard"), recovered.take()));
         let ready = ready_tx.clone();
         let builder = LocalExecutorBuilder::new(Placement::Fixed(cfg.cpus[id]))
             .name(&format!("shard-{id}"))
             .io_memory(IO_MEMORY_PER_SHARD)
             .preempt_timer(Duration::from_millis(10));
         let handle = builder
-            .spawn(move || async move { run_shard(ctx, socks, ready).await })
+            .spawn(move || async move { run_shard(ctx, socks, control, ready).await })
             .map_err(|e| StartError(format!("cannot start shard {id}: {e}")))?;
         handles.push(handle);
     }
@@ -295,6 +346,7 @@ pub fn start(cfg: Config) -> Result<Hub, StartError> {
     Ok(Hub {
         addrs,
         cell,
+        metrics: all_metrics,
         handles,
     })
 }
@@ -314,17 +366,20 @@ fn glommio_udp(sock: Socket) -> glommio::net::UdpSocket {
 async fn run_shard(
     ctx: ShardCtx,
     socks: ShardSockets,
+    control: Option<(Registry, Option<crate::store::Recovered>)>,
     ready: std::sync::mpsc::Sender<Result<usize, String>>,
 ) {
     let ctx = Rc::new(ctx);
     let mut tasks = Vec::new();
     for (sock, app) in socks.proxies {
         let listener = glommio_tcp(sock);
-        tasks.push(glommio::spawn_local(crate::proxy::serve(
+        // Accept loops end when draining starts: dropping them closes the listeners, while
+        // the connections they spawned run on to their end.
+        tasks.push(glommio::spawn_local(until_drain(crate::proxy::serve(
             ctx.clone(),
             listener,
             app.map(Rc::from),
-        )));
+        ))));
     }
     if let Some(sock) = socks.dns_udp {
         tasks.push(glommio::spawn_local(crate::dns::serve_udp(
@@ -333,28 +388,54 @@ async fn run_shard(
         )));
     }
     if let Some(sock) = socks.dns_tcp {
-        tasks.push(glommio::spawn_local(crate::dns::serve_tcp(
+        tasks.push(glommio::spawn_local(until_drain(crate::dns::serve_tcp(
             ctx.clone(),
             glommio_tcp(sock),
-        )));
+        ))));
     }
-    if ctx.id == 0 {
-        let registry = Rc::new(RefCell::new(Registry::new(
-            ctx.shards,
-            ctx.cfg.heartbeat_ttl_secs,
-            ctx.cfg.expiry_grace_secs,
-            ctx.cell.clone(),
-        )));
-        tasks.push(glommio::spawn_local(crate::api::sweeper(
-            ctx.clone(),
-            registry.clone(),
-        )));
-        if let Some(sock) = socks.api {
-            tasks.push(glommio::spawn_local(crate::api::serve(
-                ctx.clone(),
-                glommio_tcp(sock),
-                registry,
-            )));
+    if let Some((registry, mut recovered)) = control {
+        let store = match recovered {
+            Some(_) => match crate::store::Store::open(&mut recovered).await {
+                Ok(store) => Some(store),
+                Err(e) => {
+                    let _ = ready.send(Err(format!("cannot open the registry log: {e}")));
+                    return;
+                }
+            },
+            None => None,
+        };
+        let control = Rc::new(crate::api::Control {
+            registry: RefCell::new(registry),
+            store,
+            auth: ctx.cfg.api_auth.clone(),
+            stats: Default::default(),
+        });
+        // The control plane runs in its own task queue with equal shares and a latency
+        // bound, so a flood of data-plane work on this shard cannot starve registrations (nor
+        // the other way round). Tasks it spawns (API connections) inherit the queue.
+        let api_queue = glommio::executor().create_task_queue(
+            glommio::Shares::Static(1000),
+            glommio::Latency::Matters(Duration::from_millis(2)),
+            "api",
+        );
+        let api_listener = socks.api.map(glommio_tcp);
+        let control_ctx = ctx.clone();
+        let control = async move {
+            let sweeper =
+                glommio::spawn_local(crate::api::sweeper(control_ctx.clone(), control.clone()));
+            let flusher = glommio::spawn_local(crate::api::flush_on_drain(control.clone()));
+            if let Some(listener) = api_listener {
+                until_drain(crate::api::serve(control_ctx, listener, control)).await;
+            }
+            flusher.await;
+            sweeper.await;
+        };
+        match glommio::spawn_local_into(control, api_queue) {
+            Ok(task) => tasks.push(task),
+            Err(e) => {
+                let _ = ready.send(Err(format!("cannot start the API on shard 0: {e}")));
+                return;
+            }
         }
     }
     let _ = ready.send(Ok(ctx.id));

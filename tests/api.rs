@@ -367,3 +367,56 @@ fn missed_heartbeat_turns_unhealthy_then_grace_deletes() {
     let (s, j) = hub.api("GET", "/api/v1/backends/forever", None);
     assert_eq!((s, &j["healthy"]), (200, &Value::Bool(true)));
 }
+
+#[test]
+fn token_protects_changes_and_never_reaches_the_log() {
+    let hub = Hub::start_with_env(
+        &["--log-level=debug"],
+        &[("EDGEPROXY_API_TOKEN", "t0ken-old,t0ken-new")],
+    );
+    let req = |auth: Option<&str>| {
+        let header = auth
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        format!(
+            "POST /api/v1/register HTTP/1.1\r\nContent-Type: application/json\r\n{header}Content-Length: {}\r\n\r\n{GRU}",
+            GRU.len()
+        )
+    };
+    let (s, headers, body) = hub.http(req(None).as_bytes());
+    assert_eq!(s, 401);
+    assert!(headers
+        .iter()
+        .any(|(k, v)| k == "www-authenticate" && v.starts_with("Bearer")));
+    assert!(serde_json::from_slice::<Value>(&body).unwrap()["error"].is_string());
+    assert_eq!(hub.http(req(Some("nope")).as_bytes()).0, 401);
+    assert_eq!(hub.http(req(Some("t0ken-new")).as_bytes()).0, 201);
+    assert_eq!(hub.http(req(Some("t0ken-old")).as_bytes()).0, 200);
+    assert_eq!(
+        hub.http(b"DELETE /api/v1/backends/pop-gru HTTP/1.1\r\n\r\n")
+            .0,
+        401
+    );
+    // Reads and /health stay open by default.
+    assert_eq!(hub.api("GET", "/api/v1/backends", None).0, 200);
+    assert_eq!(hub.api("GET", "/health", None).0, 200);
+    // Request logs name the route, never the token. The last request's line marks the end:
+    // every earlier line has been read by then.
+    let logs = hub.logs_until("GET /health -> 200").join("\n");
+    assert!(logs.contains("/api/v1/register"), "{logs}");
+    assert!(!logs.contains("t0ken"), "a token reached the log:\n{logs}");
+}
+
+#[test]
+fn token_file_and_protected_reads() {
+    let dir = common::StateDir::new();
+    let file = dir.0.join("token");
+    std::fs::write(&file, "from-file\n").unwrap();
+    let arg = format!("--api-token-file={}", file.display());
+    let hub = Hub::start(&[&arg, "--api-auth-reads=true"]);
+    assert_eq!(hub.api("GET", "/api/v1/backends", None).0, 401);
+    assert_eq!(hub.api("GET", "/health", None).0, 200);
+    let (s, _, _) =
+        hub.http(b"GET /api/v1/backends HTTP/1.1\r\nAuthorization: Bearer from-file\r\n\r\n");
+    assert_eq!(s, 200);
+}

@@ -14,7 +14,9 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
             cmd.env_remove(k);
         }
     }
-    cmd.args(args).envs(env.iter().copied()).stdin(Stdio::null());
+    cmd.args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null());
     cmd.output().expect("run edgeproxy")
 }
 
@@ -37,8 +39,14 @@ fn port_in_use_is_one_line_and_exit_2() {
     let out = run(&[&listen, EPHEMERAL[1], EPHEMERAL[2], "--shards=2"], &[]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     let err = stderr(&out);
-    let line = err.lines().find(|l| l.starts_with("edgeproxy: ")).expect(&err);
-    assert!(line.contains("cannot bind the TCP proxy") && line.contains(&port.to_string()), "{line}");
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("edgeproxy: "))
+        .expect(&err);
+    assert!(
+        line.contains("cannot bind the TCP proxy") && line.contains(&port.to_string()),
+        "{line}"
+    );
     assert!(line.contains("another process holds it"), "{line}");
 }
 
@@ -49,7 +57,10 @@ fn memlock_too_low_names_the_fix() {
     // SAFETY: setrlimit is async-signal-safe; the closure touches nothing else.
     unsafe {
         cmd.pre_exec(|| {
-            let lim = libc::rlimit { rlim_cur: 64 * 1024, rlim_max: 64 * 1024 };
+            let lim = libc::rlimit {
+                rlim_cur: 64 * 1024,
+                rlim_max: 64 * 1024,
+            };
             if libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
@@ -59,7 +70,10 @@ fn memlock_too_low_names_the_fix() {
     let out = cmd.output().unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     let err = stderr(&out);
-    assert!(err.contains("memlock limit is 64 KiB") && err.contains("LimitMEMLOCK"), "{err}");
+    assert!(
+        err.contains("memlock limit is 64 KiB") && err.contains("LimitMEMLOCK"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -74,8 +88,17 @@ fn invalid_values_are_one_line_and_exit_2() {
         (vec![], vec![("EDGEPROXY_DNS_ENABLED", "perhaps")]),
     ] {
         let out = run(&args, &env);
-        assert_eq!(out.status.code(), Some(2), "{args:?} {env:?}: {}", stderr(&out));
-        assert!(stderr(&out).contains("error"), "{args:?} {env:?}: {}", stderr(&out));
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?} {env:?}: {}",
+            stderr(&out)
+        );
+        assert!(
+            stderr(&out).contains("error"),
+            "{args:?} {env:?}: {}",
+            stderr(&out)
+        );
     }
 }
 
@@ -113,7 +136,10 @@ fn v04_variables_configure_the_hub() {
     let log = hub.startup_log.join("\n");
     assert!(log.contains("region=eu"), "{log}");
     assert!(log.contains("(zone corp)"), "{log}");
-    assert!(log.contains("EDGEPROXY_DB_PATH is an edgeProxy v0.4 setting"), "{log}");
+    assert!(
+        log.contains("EDGEPROXY_DB_PATH is an edgeProxy v0.4 setting"),
+        "{log}"
+    );
     let (s, j) = hub.api("GET", "/health", None);
     assert_eq!((s, j["status"].as_str()), (200, Some("ok")));
 }
@@ -122,9 +148,21 @@ fn v04_variables_configure_the_hub() {
 fn one_log_line_per_listener() {
     let hub = Hub::start(&["--route=0=gru.pop"]);
     let log = hub.startup_log.join("\n");
-    assert!(log.contains(&format!("tcp proxy listening on {} (every app), 2 shards", hub.proxy)), "{log}");
-    assert!(log.contains(&format!("dns listening on {} udp+tcp", hub.dns)), "{log}");
-    assert!(log.contains(&format!("api listening on {}", hub.api)), "{log}");
+    assert!(
+        log.contains(&format!(
+            "tcp proxy listening on {} (every app), 2 shards",
+            hub.proxy
+        )),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!("dns listening on {} udp+tcp", hub.dns)),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!("api listening on {}", hub.api)),
+        "{log}"
+    );
     assert_eq!(hub.routes.len(), 1);
     assert_eq!(hub.routes[0].1, "gru.pop");
 }

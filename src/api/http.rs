@@ -293,6 +293,34 @@ mod tests {
     }
 
     #[test]
+    fn never_panics_on_garbage_or_mutations() {
+        // A small deterministic generator (xorshift): no extra dependency, same cases every run.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let valid = b"POST /api/v1/register HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}";
+        for i in 0..20_000 {
+            let mut buf = valid.to_vec();
+            if i % 2 == 0 {
+                for _ in 0..(next() % 6 + 1) {
+                    let at = (next() as usize) % buf.len();
+                    buf[at] = next() as u8;
+                }
+            } else {
+                buf = (0..(next() % 200)).map(|_| next() as u8).collect();
+            }
+            if let Parsed::Complete(req, n) = parse(&buf) {
+                assert!(n <= buf.len());
+                assert!(req.body.len() <= MAX_BODY_BYTES);
+            }
+        }
+    }
+
+    #[test]
     fn response_format() {
         let mut out = Vec::new();
         write_response(

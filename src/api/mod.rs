@@ -7,16 +7,20 @@
 //!   with an idle timeout between requests and a deadline within one, and read-your-writes:
 //!   a mutation is answered only after the snapshot that contains it is published.
 //!
-//! Mutations that arrive together are published together: a connection that changed the
-//! registry yields once before publishing, so every other connection with a request ready
-//! applies its change first and one publish covers them all.
+//! Mutations that arrive together are persisted and published together: a connection that
+//! changed the registry yields once, so every other connection with a request ready applies its
+//! change first; then one group commit (see [`crate::store`]) and one publish cover them all,
+//! and only then are the answers written. An answer that says "registered" is on disk and
+//! visible on every shard.
 
+pub mod auth;
 pub mod http;
 pub mod routes;
 pub mod validate;
 
 use crate::registry::Registry;
 use crate::shard::ShardCtx;
+use crate::store::Store;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 use http::Parsed;
@@ -28,6 +32,46 @@ use std::time::{Duration, Instant};
 /// Largest read buffer: a whole request at the limits, plus room for the next pipelined one.
 const MAX_BUFFER: usize = http::MAX_HEADER_BYTES + http::MAX_BODY_BYTES + 16 * 1024;
 
+/// The control plane's state on the API shard: the registry and its persistence.
+pub struct Control {
+    pub registry: RefCell<Registry>,
+    /// `None` when persistence is off.
+    pub store: Option<Store>,
+    pub auth: auth::Auth,
+    pub stats: routes::ApiStats,
+}
+
+impl Control {
+    /// Hands the registry's journal to the store (no waiting).
+    fn persist_journal(&self) {
+        if let Some(store) = &self.store {
+            for rec in self.registry.borrow_mut().take_journal() {
+                store.append(&rec);
+            }
+        }
+    }
+
+    /// Makes every change so far durable, then visible on every shard.
+    async fn commit_and_publish(&self) -> io::Result<()> {
+        let started = Instant::now();
+        let changed = self.registry.borrow().is_dirty();
+        self.persist_journal();
+        if let Some(store) = &self.store {
+            store.commit().await?;
+        }
+        let published = {
+            let mut reg = self.registry.borrow_mut();
+            let dirty = reg.is_dirty();
+            reg.publish_if_dirty();
+            dirty
+        };
+        if changed && published {
+            self.stats.publish.observe(started.elapsed());
+        }
+        Ok(())
+    }
+}
+
 /// Decrements the open-connection count when a connection task ends, however it ends.
 struct ConnSlot(Rc<Cell<usize>>);
 
@@ -38,7 +82,7 @@ impl Drop for ConnSlot {
 }
 
 /// Serves the registration API until the process stops.
-pub async fn serve(ctx: Rc<ShardCtx>, listener: TcpListener, registry: Rc<RefCell<Registry>>) {
+pub async fn serve(ctx: Rc<ShardCtx>, listener: TcpListener, control: Rc<Control>) {
     let open = Rc::new(Cell::new(0usize));
     loop {
         let stream = match listener.accept().await {
@@ -55,11 +99,11 @@ pub async fn serve(ctx: Rc<ShardCtx>, listener: TcpListener, registry: Rc<RefCel
         }
         open.set(open.get() + 1);
         let slot = ConnSlot(open.clone());
-        let (ctx, registry) = (ctx.clone(), registry.clone());
+        let (ctx, control) = (ctx.clone(), control.clone());
         glommio::spawn_local(async move {
             let _slot = slot;
             let peer = stream.peer_addr().ok();
-            if let Err(e) = connection(&ctx, stream, &registry).await {
+            if let Err(e) = connection(&ctx, stream, &control).await {
                 log::debug!("api: connection from {peer:?} ended: {e}");
             }
         })
@@ -92,11 +136,12 @@ fn error_response(out: &mut Vec<u8>, status: u16, message: &str) {
 
 /// Serves one API connection: requests in order, answers in order, until the client closes,
 /// asks to close, stalls, or sends something we refuse.
-async fn connection(
-    ctx: &ShardCtx,
-    mut stream: TcpStream,
-    registry: &RefCell<Registry>,
-) -> io::Result<()> {
+async fn connection(ctx: &ShardCtx, mut stream: TcpStream, control: &Control) -> io::Result<()> {
+    let registry = &control.registry;
+    let peer = stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| "?".into());
     let cfg = &ctx.cfg;
     stream.set_write_timeout(Some(cfg.api_request_timeout))?;
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
@@ -123,20 +168,48 @@ async fn connection(
                         uptime_secs: crate::clock::unix_ms().saturating_sub(ctx.started_unix_ms)
                             / 1000,
                         shards: ctx.shards,
+                        store_syncs: control.store.as_ref().map(|s| s.syncs.get()),
+                        api: Some(&control.stats),
+                        data_plane: Some(&ctx.all_metrics),
                     };
-                    let resp = {
-                        let mut reg = registry.borrow_mut();
-                        let resp = routes::handle(&req, &mut reg, &env);
-                        mutated |= reg.is_dirty();
-                        resp
+                    let resp = match control.auth.check(&req) {
+                        Err(denied) => {
+                            log::warn!(
+                                "api: {peer} {} {}: refused, missing or invalid token",
+                                req.method_str,
+                                req.path
+                            );
+                            denied
+                        }
+                        Ok(()) => {
+                            let mut reg = registry.borrow_mut();
+                            let resp = routes::handle(&req, &mut reg, &env);
+                            mutated |= reg.is_dirty();
+                            resp
+                        }
                     };
-                    log::debug!("api: {} {} -> {}", req.method_str, req.path, resp.status);
-                    let allow = resp.allow.map(|a| [("Allow", a)]);
+                    control.stats.count(req.path, resp.status);
+                    log::debug!(
+                        "api: {peer} {} {} -> {}",
+                        req.method_str,
+                        req.path,
+                        resp.status
+                    );
+                    let mut headers: [(&str, &str); 1] = [("", "")];
+                    let extra: &[(&str, &str)] = if let Some(allow) = resp.allow {
+                        headers[0] = ("Allow", allow);
+                        &headers
+                    } else if resp.www_authenticate {
+                        headers[0] = ("WWW-Authenticate", "Bearer realm=\"edgeproxy\"");
+                        &headers
+                    } else {
+                        &[]
+                    };
                     http::write_response(
                         &mut out,
                         resp.status,
                         resp.content_type,
-                        allow.as_ref().map(|a| &a[..]).unwrap_or(&[]),
+                        extra,
                         &resp.body,
                         req.keep_alive,
                     );
@@ -157,9 +230,19 @@ async fn connection(
             };
         }
         if mutated {
-            // Let every other connection with a request ready apply it, then publish once.
+            // Let every other connection with a request ready apply it, then persist and
+            // publish once for all of them.
             futures_lite::future::yield_now().await;
-            registry.borrow_mut().publish_if_dirty();
+            if let Err(e) = control.commit_and_publish().await {
+                // Not durable: say nothing rather than "registered". The client sees the
+                // connection close and retries; the change stays queued for the next commit.
+                log::error!("api: cannot persist the registry: {e}");
+                let _ = stream.close().await;
+                return Err(e);
+            }
+        } else {
+            // Heartbeats are journaled without waiting; the sweeper syncs them within a second.
+            control.persist_journal();
         }
         if !out.is_empty() {
             stream.write_all(&out).await?;
@@ -210,21 +293,43 @@ async fn connection(
     }
 }
 
+/// Once draining starts: makes every pending change durable (heartbeats included) and tells
+/// the main thread, which exits only after that (or after the drain timeout).
+pub async fn flush_on_drain(control: Rc<Control>) {
+    crate::shutdown::drain_started().await;
+    match control.commit_and_publish().await {
+        Ok(()) => log::info!("shutdown: registry flushed"),
+        Err(e) => log::error!("shutdown: cannot flush the registry: {e}"),
+    }
+    crate::shutdown::mark_flushed();
+}
+
 /// Once a second: notes backends that missed their heartbeat, deletes those past the grace
-/// period, and republishes when that changed the registry.
-pub async fn sweeper(ctx: Rc<ShardCtx>, registry: Rc<RefCell<Registry>>) {
+/// period, syncs pending heartbeats, republishes when the registry changed, and compacts the
+/// log when it has grown.
+pub async fn sweeper(ctx: Rc<ShardCtx>, control: Rc<Control>) {
     let _ = ctx;
     loop {
         glommio::timer::sleep(Duration::from_secs(1)).await;
         let now = crate::clock::now_ms();
-        let mut reg = registry.borrow_mut();
-        let sweep = reg.sweep(now);
+        let sweep = control.registry.borrow_mut().sweep(now);
         for id in &sweep.expired {
             log::warn!("backend {id} missed its heartbeat: no longer served");
         }
         for id in &sweep.removed {
             log::info!("backend {id} removed after the expiry grace period");
         }
-        reg.publish_if_dirty();
+        if let Err(e) = control.commit_and_publish().await {
+            log::error!("sweeper: cannot persist the registry: {e}");
+            continue;
+        }
+        if let Some(store) = &control.store {
+            if store.wants_compaction() {
+                let image = control.registry.borrow().image();
+                if let Err(e) = store.compact(image).await {
+                    log::error!("cannot compact the registry log: {e}");
+                }
+            }
+        }
     }
 }

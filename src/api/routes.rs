@@ -3,15 +3,22 @@
 
 use super::http::{Method, Request};
 use super::validate;
+use crate::metrics::{Histogram, Metrics, Text};
 use crate::registry::{Backend, Registered, Registry};
 use serde_json::{json, Value};
 use std::sync::atomic::Ordering;
 
 /// What the server needs to know besides the registry.
-pub struct Env {
+pub struct Env<'a> {
     pub now_ms: u64,
     pub uptime_secs: u64,
     pub shards: usize,
+    /// `fdatasync` calls of the registry store so far (`None`: persistence off).
+    pub store_syncs: Option<u64>,
+    /// API counters, when served by the API shard.
+    pub api: Option<&'a ApiStats>,
+    /// Every shard's data-plane counters.
+    pub data_plane: Option<&'a Metrics>,
 }
 
 /// A response to write.
@@ -22,6 +29,8 @@ pub struct Response {
     pub content_type: &'static str,
     /// `Allow` header, on 405.
     pub allow: Option<&'static str>,
+    /// Whether to send `WWW-Authenticate: Bearer` (on 401).
+    pub www_authenticate: bool,
 }
 
 impl Response {
@@ -31,6 +40,7 @@ impl Response {
             body: serde_json::to_vec(&value).unwrap_or_default(),
             content_type: "application/json",
             allow: None,
+            www_authenticate: false,
         }
     }
 
@@ -52,7 +62,8 @@ impl Response {
 
 /// The JSON view of a backend: every stored field, plus its live state.
 pub fn backend_json(b: &Backend, now_ms: u64) -> Value {
-    let last_heartbeat_ms = b.live.last_heartbeat_ms.load(Ordering::Relaxed);
+    let last_heartbeat_unix_ms = b.live.last_heartbeat_unix_ms.load(Ordering::Relaxed);
+    let now_unix = crate::clock::unix_ms();
     json!({
         "id": b.id,
         "app": b.app,
@@ -68,8 +79,8 @@ pub fn backend_json(b: &Backend, now_ms: u64) -> Value {
         "draining": b.live.draining.load(Ordering::Relaxed),
         "connections": b.connections(),
         "registered_at": b.registered_unix_ms / 1000,
-        "registered_secs": now_ms.saturating_sub(b.registered_ms) / 1000,
-        "last_heartbeat_secs": now_ms.saturating_sub(last_heartbeat_ms) / 1000,
+        "registered_secs": now_unix.saturating_sub(b.registered_unix_ms) / 1000,
+        "last_heartbeat_secs": now_unix.saturating_sub(last_heartbeat_unix_ms) / 1000,
     })
 }
 
@@ -81,7 +92,7 @@ fn is_json(content_type: &str) -> bool {
             && mime[mime.len() - 5..].eq_ignore_ascii_case("+json"))
 }
 
-fn register(req: &Request<'_>, reg: &mut Registry, env: &Env) -> Response {
+fn register(req: &Request<'_>, reg: &mut Registry, env: &Env<'_>) -> Response {
     if !req.has_length {
         return Response::error(411, "a registration needs a Content-Length body", None);
     }
@@ -119,7 +130,7 @@ fn not_found(id: &str) -> Response {
 }
 
 /// Serves one request.
-pub fn handle(req: &Request<'_>, reg: &mut Registry, env: &Env) -> Response {
+pub fn handle(req: &Request<'_>, reg: &mut Registry, env: &Env<'_>) -> Response {
     let path = req
         .path
         .strip_suffix('/')
@@ -195,51 +206,143 @@ pub fn handle(req: &Request<'_>, reg: &mut Registry, env: &Env) -> Response {
     }
 }
 
-fn metrics(reg: &Registry, env: &Env) -> Response {
-    use std::fmt::Write;
+/// Requests served by the API, by route and status, and publish latency (API shard only).
+#[derive(Debug)]
+pub struct ApiStats {
+    requests: std::cell::RefCell<std::collections::BTreeMap<(&'static str, u16), u64>>,
+    /// From the moment a batch of changes is ready until it is durable and published.
+    pub publish: Histogram,
+}
+
+impl Default for ApiStats {
+    fn default() -> Self {
+        ApiStats {
+            requests: Default::default(),
+            publish: Histogram::new(&[
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+            ]),
+        }
+    }
+}
+
+impl ApiStats {
+    /// Counts one answered request.
+    pub fn count(&self, path: &str, status: u16) {
+        *self
+            .requests
+            .borrow_mut()
+            .entry((route_of(path), status))
+            .or_default() += 1;
+    }
+}
+
+/// The route template of a path (a bounded label set: ids never become labels).
+pub fn route_of(path: &str) -> &'static str {
+    let path = path
+        .strip_suffix('/')
+        .filter(|p| !p.is_empty())
+        .unwrap_or(path);
+    match path {
+        "/health" => "/health",
+        "/metrics" => "/metrics",
+        "/api/v1/register" => "/api/v1/register",
+        "/api/v1/backends" => "/api/v1/backends",
+        p if p.starts_with("/api/v1/heartbeat/") => "/api/v1/heartbeat/{id}",
+        p if p.starts_with("/api/v1/backends/") => "/api/v1/backends/{id}",
+        _ => "other",
+    }
+}
+
+fn metrics(reg: &Registry, env: &Env<'_>) -> Response {
+    let mut t = Text::default();
     let healthy = reg.iter().filter(|b| b.alive(env.now_ms)).count();
-    let mut s = String::new();
-    let _ = writeln!(s, "# HELP edgeproxy_backends Registered backends.");
-    let _ = writeln!(s, "# TYPE edgeproxy_backends gauge");
-    let _ = writeln!(s, "edgeproxy_backends {}", reg.len());
-    let _ = writeln!(
-        s,
-        "# HELP edgeproxy_backends_healthy Backends whose heartbeat is current."
+    t.family("edgeproxy_backends", "Registered backends.", "gauge");
+    t.sample("edgeproxy_backends", &[], reg.len() as f64);
+    t.family(
+        "edgeproxy_backends_healthy",
+        "Backends whose heartbeat is current.",
+        "gauge",
     );
-    let _ = writeln!(s, "# TYPE edgeproxy_backends_healthy gauge");
-    let _ = writeln!(s, "edgeproxy_backends_healthy {healthy}");
-    let _ = writeln!(
-        s,
-        "# HELP edgeproxy_snapshot_version Version of the published registry snapshot."
+    t.sample("edgeproxy_backends_healthy", &[], healthy as f64);
+    t.family(
+        "edgeproxy_snapshot_version",
+        "Version of the published registry snapshot.",
+        "gauge",
     );
-    let _ = writeln!(s, "# TYPE edgeproxy_snapshot_version gauge");
-    let _ = writeln!(s, "edgeproxy_snapshot_version {}", reg.version());
-    let _ = writeln!(
-        s,
-        "# HELP edgeproxy_backend_connections Live forwarded connections per backend."
+    t.sample("edgeproxy_snapshot_version", &[], reg.version() as f64);
+    t.family(
+        "edgeproxy_backend_connections",
+        "Live forwarded connections per backend.",
+        "gauge",
     );
-    let _ = writeln!(s, "# TYPE edgeproxy_backend_connections gauge");
     for b in reg.iter() {
-        let _ = writeln!(
-            s,
-            "edgeproxy_backend_connections{{id=\"{}\",app=\"{}\",region=\"{}\"}} {}",
-            b.id,
-            b.app,
-            b.region,
-            b.connections()
+        let labels = [
+            ("id", b.id.as_str()),
+            ("app", b.app.as_str()),
+            ("region", b.region.as_str()),
+        ];
+        t.sample(
+            "edgeproxy_backend_connections",
+            &labels,
+            f64::from(b.connections()),
         );
     }
-    let _ = writeln!(
-        s,
-        "# HELP edgeproxy_uptime_seconds Seconds since the hub started."
+    t.family(
+        "edgeproxy_backend_up",
+        "1 while the backend is served (heartbeat current, not draining).",
+        "gauge",
     );
-    let _ = writeln!(s, "# TYPE edgeproxy_uptime_seconds gauge");
-    let _ = writeln!(s, "edgeproxy_uptime_seconds {}", env.uptime_secs);
+    for b in reg.iter() {
+        let labels = [
+            ("id", b.id.as_str()),
+            ("app", b.app.as_str()),
+            ("region", b.region.as_str()),
+        ];
+        let up = b.alive(env.now_ms) && !b.live.draining.load(Ordering::Relaxed);
+        t.sample("edgeproxy_backend_up", &labels, if up { 1.0 } else { 0.0 });
+    }
+    if let Some(syncs) = env.store_syncs {
+        t.family(
+            "edgeproxy_store_syncs_total",
+            "fdatasync calls made by the registry store.",
+            "counter",
+        );
+        t.sample("edgeproxy_store_syncs_total", &[], syncs as f64);
+    }
+    if let Some(api) = env.api {
+        t.family(
+            "edgeproxy_api_requests_total",
+            "API requests answered, by route and status.",
+            "counter",
+        );
+        for ((route, status), n) in api.requests.borrow().iter() {
+            t.sample(
+                "edgeproxy_api_requests_total",
+                &[("route", route), ("status", &status.to_string())],
+                *n as f64,
+            );
+        }
+        api.publish.render(
+            &mut t,
+            "edgeproxy_publish_seconds",
+            "Time from a batch of registry changes being ready to it being durable and visible on every shard.",
+        );
+    }
+    if let Some(data) = env.data_plane {
+        data.render(&mut t);
+    }
+    t.family(
+        "edgeproxy_uptime_seconds",
+        "Seconds since the hub started.",
+        "gauge",
+    );
+    t.sample("edgeproxy_uptime_seconds", &[], env.uptime_secs as f64);
     Response {
         status: 200,
-        body: s.into_bytes(),
+        body: t.0.into_bytes(),
         content_type: "text/plain; version=0.0.4",
         allow: None,
+        www_authenticate: false,
     }
 }
 
@@ -258,6 +361,9 @@ mod tests {
             now_ms: 5_000,
             uptime_secs: 5,
             shards: 2,
+            store_syncs: Some(3),
+            api: None,
+            data_plane: None,
         };
         let r = handle(&req, reg, &env);
         let body = if r.content_type == "application/json" {
@@ -364,6 +470,7 @@ mod tests {
         assert_eq!(s, 200);
         let text = b.as_str().unwrap();
         assert!(text.contains("edgeproxy_backends 1\n"));
+        assert!(text.contains("edgeproxy_store_syncs_total 3\n"));
         assert!(text.contains("edgeproxy_backend_connections{id=\"pop-gru\""));
     }
 }

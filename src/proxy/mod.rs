@@ -20,7 +20,7 @@ pub mod splice;
 mod tests;
 
 use crate::registry::Backend;
-use crate::select::{pick, Client};
+use crate::select::{pick, Client, Scope};
 use crate::shard::ShardCtx;
 use glommio::net::{TcpListener, TcpStream};
 use glommio::sync::Semaphore;
@@ -107,6 +107,15 @@ pub async fn serve(ctx: Rc<ShardCtx>, listener: TcpListener, app: Option<Rc<str>
     }
 }
 
+/// Takes one off the shard's active-connection gauge when a client connection ends.
+struct ActiveGuard<'a>(&'a crate::metrics::Gauge);
+
+impl Drop for ActiveGuard<'_> {
+    fn drop(&mut self) {
+        self.0.add(-1);
+    }
+}
+
 /// One live connection to a backend, counted in its slot for this shard until dropped.
 pub struct LiveConnection {
     backend: Arc<Backend>,
@@ -146,36 +155,22 @@ pub async fn connect_backend(
 ) -> Option<(TcpStream, LiveConnection)> {
     let cfg = &ctx.cfg;
     let tries = (cfg.connect_tries as usize).clamp(1, MAX_TRIES);
-    // Backends already tried, by key: snapshot indexes may change between attempts.
+    // Backends already tried, by key (the snapshot may change between attempts).
     let mut tried_keys = [0u64; MAX_TRIES];
     for tried in 0..tries {
         let backend = {
             let snap = ctx.cell.load();
-            let group = match app {
-                Some(app) => snap.app(app)?,
-                None => snap.all(),
-            };
-            let mut exclude = [0u32; MAX_TRIES];
-            let mut excluded = 0;
-            if tried > 0 {
-                for &i in group.members.iter() {
-                    if tried_keys[..tried].contains(&snap.backend(i).key) && excluded < MAX_TRIES {
-                        exclude[excluded] = i;
-                        excluded += 1;
-                    }
-                }
-            }
+            let scope = Scope::of(&snap, app)?;
             let region = cfg.region_map.region_of(client_ip);
             let client = Client::new(client_ip, region);
-            let (i, _tier) = pick(
-                &snap,
-                group,
+            let (backend, _tier) = pick(
+                scope,
                 &client,
                 &cfg.region,
                 crate::clock::now_ms(),
-                &exclude[..excluded],
+                &tried_keys[..tried],
             )?;
-            snap.backend(i).clone()
+            backend.clone()
         };
         tried_keys[tried] = backend.key;
         let addr = SocketAddr::new(backend.ip, backend.port);
@@ -185,6 +180,7 @@ pub async fn connect_backend(
                 return Some((stream, live));
             }
             Err(e) => {
+                ctx.metrics().proxy_connect_failures.inc();
                 log::debug!(
                     "shard {}: backend {} ({addr}) failed: {e}; trying another",
                     ctx.id,
@@ -201,7 +197,13 @@ async fn proxy_connection(ctx: &ShardCtx, client: TcpStream, app: Option<&str>) 
         return;
     };
     let _ = client.set_nodelay(true);
+    let m = ctx.metrics();
+    m.proxy_accepted.inc();
+    // Active from accept to close, whatever the path: what a drain waits for.
+    m.proxy_active.add(1);
+    let _active = ActiveGuard(&m.proxy_active);
     let Some((backend, live)) = connect_backend(ctx, peer.ip(), app).await else {
+        m.proxy_failed.inc();
         log::debug!(
             "shard {}: no backend reachable for {peer} (app {}); closing",
             ctx.id,
@@ -216,6 +218,8 @@ async fn proxy_connection(ctx: &ShardCtx, client: TcpStream, app: Option<&str>) 
         idle: ctx.cfg.idle_timeout,
     };
     let out = forward(client, backend, opts).await;
+    m.proxy_bytes_to_backend.add(out.up);
+    m.proxy_bytes_to_client.add(out.down);
     match &out.result {
         Ok(()) => log::trace!(
             "{peer} <-> {}: closed, {} B up, {} B down",

@@ -38,6 +38,7 @@ impl Env {
             cfg: Arc::new(cfg),
             cell,
             started_unix_ms: 0,
+            all_metrics: Arc::new(crate::metrics::Metrics::new(1)),
         });
         let any = TcpListener::bind("127.0.0.1:0").unwrap();
         let bulk = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -76,7 +77,7 @@ impl Env {
         self.ctx
             .cell
             .load()
-            .backend_by_id(id)
+            .find(id)
             .map(|b| b.connections())
             .unwrap_or(0)
     }

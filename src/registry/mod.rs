@@ -13,10 +13,12 @@ mod snapshot;
 
 pub use snapshot::{AppGroup, Snapshot, SnapshotCell};
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
+
+use crate::store::{Record, StoredBackend};
 
 /// A backend as registered: what the API accepted, plus bookkeeping.
 #[derive(Debug)]
@@ -40,8 +42,6 @@ pub struct Backend {
     pub ttl_secs: Option<u64>,
     /// Wall-clock registration time (Unix ms) of the first registration of this id.
     pub registered_unix_ms: u64,
-    /// Process-clock time of the first registration of this id.
-    pub registered_ms: u64,
     /// A stable 64-bit hash of `id`: the backend's key for rendezvous hashing.
     pub key: u64,
     pub live: Arc<BackendLive>,
@@ -86,8 +86,9 @@ pub struct ShardCounter(pub AtomicU32);
 pub struct BackendLive {
     /// Process-clock ms after which the backend is no longer served; `u64::MAX` = never.
     pub expires_at_ms: AtomicU64,
-    /// Process-clock ms of the last heartbeat or registration.
-    pub last_heartbeat_ms: AtomicU64,
+    /// Wall-clock ms (Unix) of the last heartbeat or registration: for display and persistence;
+    /// liveness uses `expires_at_ms`, which is monotonic.
+    pub last_heartbeat_unix_ms: AtomicU64,
     /// Set while draining: no new connections or DNS answers.
     pub draining: AtomicBool,
     /// Live forwarded connections, one slot per shard, each written only by its shard.
@@ -98,7 +99,7 @@ impl BackendLive {
     pub fn new(shards: usize) -> Self {
         BackendLive {
             expires_at_ms: AtomicU64::new(u64::MAX),
-            last_heartbeat_ms: AtomicU64::new(0),
+            last_heartbeat_unix_ms: AtomicU64::new(0),
             draining: AtomicBool::new(false),
             conns: (0..shards.max(1))
                 .map(|_| ShardCounter::default())
@@ -135,6 +136,25 @@ pub struct BackendSpec {
     pub ttl_secs: Option<u64>,
 }
 
+impl BackendSpec {
+    /// A registration with the required fields and every optional one at its default
+    /// (weight 1, no limits, the hub's TTL).
+    pub fn new(id: &str, app: &str, region: &str, ip: IpAddr, port: u16) -> BackendSpec {
+        BackendSpec {
+            id: id.into(),
+            app: app.into(),
+            region: region.into(),
+            country: None,
+            ip,
+            port,
+            weight: 1,
+            soft_limit: None,
+            hard_limit: None,
+            ttl_secs: None,
+        }
+    }
+}
+
 /// Whether a registration created a backend or updated an existing id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Registered {
@@ -154,6 +174,16 @@ pub struct Sweep {
 /// The mutable registry. Lives on the API shard; see the module docs.
 pub struct Registry {
     backends: BTreeMap<String, Arc<Backend>>,
+    /// The same backends grouped by app, each group in id order.
+    apps: HashMap<Arc<str>, BTreeMap<String, Arc<Backend>>>,
+    /// Apps whose membership changed since the last publish.
+    dirty_apps: BTreeSet<Arc<str>>,
+    /// The last published snapshot, which the next one is built from.
+    current: Arc<Snapshot>,
+    /// Changes not yet handed to persistence (see [`Registry::take_journal`]).
+    journal: Vec<Record>,
+    /// Whether changes are journaled at all (off without persistence).
+    journaling: bool,
     /// Ids already reported as expired (so each expiry is logged once).
     expired: BTreeMap<String, ()>,
     shards: usize,
@@ -162,6 +192,24 @@ pub struct Registry {
     version: u64,
     dirty: bool,
     cell: Arc<SnapshotCell>,
+}
+
+/// The stored form of a backend.
+pub fn stored(b: &Backend) -> StoredBackend {
+    StoredBackend {
+        id: b.id.clone(),
+        app: b.app.clone(),
+        region: b.region.clone(),
+        country: b.country.clone(),
+        ip: b.ip,
+        port: b.port,
+        weight: b.weight,
+        soft_limit: b.soft_limit,
+        hard_limit: b.hard_limit,
+        ttl_secs: b.ttl_secs,
+        registered_unix_ms: b.registered_unix_ms,
+        last_heartbeat_unix_ms: b.live.last_heartbeat_unix_ms.load(Ordering::Relaxed),
+    }
 }
 
 /// A 64-bit FNV-1a hash followed by a finalizer: stable across runs and processes, so a client
@@ -193,13 +241,19 @@ impl Registry {
         grace_secs: u64,
         cell: Arc<SnapshotCell>,
     ) -> Self {
+        let current = cell.load_full();
         Registry {
             backends: BTreeMap::new(),
+            apps: HashMap::new(),
+            dirty_apps: BTreeSet::new(),
+            current,
+            journal: Vec::new(),
+            journaling: false,
             expired: BTreeMap::new(),
             shards: shards.max(1),
             default_ttl_ms: default_ttl_secs.saturating_mul(1000),
             grace_ms: grace_secs.saturating_mul(1000),
-            version: cell.load().version,
+            version: 0,
             dirty: false,
             cell,
         }
@@ -223,24 +277,40 @@ impl Registry {
     /// Registers or updates `spec.id`. Idempotent: re-registering updates in place, keeps the
     /// live connection counts and the first registration time, and renews the heartbeat.
     pub fn register(&mut self, spec: BackendSpec, now_ms: u64) -> Registered {
+        let now_unix = crate::clock::unix_ms();
         let ttl_ms = self.ttl_ms(spec.ttl_secs);
         let deadline = self.deadline(ttl_ms, now_ms);
-        let (outcome, live, registered_ms, registered_unix_ms) = match self.backends.get(&spec.id) {
-            Some(old) => (
-                Registered::Updated,
-                old.live.clone(),
-                old.registered_ms,
-                old.registered_unix_ms,
-            ),
+        self.insert(spec, deadline, None, now_unix)
+    }
+
+    /// Inserts or replaces a backend with the given heartbeat deadline and times. `registered`
+    /// is the first registration time to keep (`None`: the existing one, or now).
+    fn insert(
+        &mut self,
+        spec: BackendSpec,
+        deadline: u64,
+        registered: Option<u64>,
+        last_heartbeat_unix: u64,
+    ) -> Registered {
+        let (outcome, live, registered_unix_ms) = match self.backends.get(&spec.id) {
+            Some(old) => {
+                let old = old.clone();
+                self.leave_app(&old);
+                (
+                    Registered::Updated,
+                    old.live.clone(),
+                    registered.unwrap_or(old.registered_unix_ms),
+                )
+            }
             None => (
                 Registered::Created,
                 Arc::new(BackendLive::new(self.shards)),
-                now_ms,
-                crate::clock::unix_ms(),
+                registered.unwrap_or(last_heartbeat_unix),
             ),
         };
         live.expires_at_ms.store(deadline, Ordering::Relaxed);
-        live.last_heartbeat_ms.store(now_ms, Ordering::Relaxed);
+        live.last_heartbeat_unix_ms
+            .store(last_heartbeat_unix, Ordering::Relaxed);
         live.draining.store(false, Ordering::Relaxed);
         self.expired.remove(&spec.id);
         let backend = Backend {
@@ -256,10 +326,14 @@ impl Registry {
             hard_limit: spec.hard_limit,
             ttl_secs: spec.ttl_secs,
             registered_unix_ms,
-            registered_ms,
             live,
         };
-        self.backends.insert(backend.id.clone(), Arc::new(backend));
+        let backend = Arc::new(backend);
+        if self.journaling {
+            self.journal.push(Record::Put(stored(&backend)));
+        }
+        self.join_app(&backend);
+        self.backends.insert(backend.id.clone(), backend);
         self.dirty = true;
         outcome
     }
@@ -271,24 +345,100 @@ impl Registry {
             return false;
         };
         let deadline = self.deadline(self.ttl_ms(backend.ttl_secs), now_ms);
+        let now_unix = crate::clock::unix_ms();
         backend
             .live
             .expires_at_ms
             .store(deadline, Ordering::Relaxed);
         backend
             .live
-            .last_heartbeat_ms
-            .store(now_ms, Ordering::Relaxed);
+            .last_heartbeat_unix_ms
+            .store(now_unix, Ordering::Relaxed);
+        if self.journaling {
+            self.journal.push(Record::Beat {
+                id: id.to_string(),
+                at: now_unix,
+            });
+        }
         self.expired.remove(id);
         true
     }
 
     /// Removes `id`. Returns whether it existed.
     pub fn deregister(&mut self, id: &str) -> bool {
-        let existed = self.backends.remove(id).is_some();
+        let Some(old) = self.backends.remove(id) else {
+            return false;
+        };
+        self.leave_app(&old);
+        if self.journaling {
+            self.journal.push(Record::Del { id: id.to_string() });
+        }
         self.expired.remove(id);
-        self.dirty |= existed;
-        existed
+        self.dirty = true;
+        true
+    }
+
+    /// Turns on journaling: from now on every change is also recorded for persistence.
+    pub fn enable_journal(&mut self) {
+        self.journaling = true;
+    }
+
+    /// The changes since the last call, oldest first, for persistence.
+    pub fn take_journal(&mut self) -> Vec<Record> {
+        std::mem::take(&mut self.journal)
+    }
+
+    /// Loads backends found on disk at startup. Heartbeat ages carry over: a backend whose TTL
+    /// ran out while the hub was down is restored expired (kept, shown unhealthy, not served)
+    /// until it heartbeats. Nothing is journaled (it is on disk already).
+    pub fn restore(&mut self, stored: impl IntoIterator<Item = StoredBackend>, now_ms: u64) {
+        let now_unix = crate::clock::unix_ms();
+        let journaling = std::mem::replace(&mut self.journaling, false);
+        for b in stored {
+            let ttl_ms = self.ttl_ms(b.ttl_secs);
+            let age = now_unix.saturating_sub(b.last_heartbeat_unix_ms);
+            let deadline = if ttl_ms == 0 {
+                u64::MAX
+            } else if age >= ttl_ms {
+                0
+            } else {
+                now_ms + (ttl_ms - age)
+            };
+            let (registered, last) = (b.registered_unix_ms, b.last_heartbeat_unix_ms);
+            self.insert(b.spec(), deadline, Some(registered), last);
+        }
+        self.journaling = journaling;
+    }
+
+    /// The whole registry as stored records (for compaction).
+    pub fn image(&self) -> Vec<StoredBackend> {
+        self.backends.values().map(|b| stored(b)).collect()
+    }
+
+    fn join_app(&mut self, backend: &Arc<Backend>) {
+        let app: Arc<str> = match self.apps.get_key_value(backend.app.as_str()) {
+            Some((k, _)) => k.clone(),
+            None => Arc::from(backend.app.as_str()),
+        };
+        self.apps
+            .entry(app.clone())
+            .or_default()
+            .insert(backend.id.clone(), backend.clone());
+        self.dirty_apps.insert(app);
+    }
+
+    fn leave_app(&mut self, backend: &Backend) {
+        let app: Arc<str> = match self.apps.get_key_value(backend.app.as_str()) {
+            Some((k, _)) => k.clone(),
+            None => return,
+        };
+        if let Some(members) = self.apps.get_mut(&app) {
+            members.remove(&backend.id);
+            if members.is_empty() {
+                self.apps.remove(&app);
+            }
+        }
+        self.dirty_apps.insert(app);
     }
 
     pub fn get(&self, id: &str) -> Option<&Arc<Backend>> {
@@ -335,7 +485,12 @@ impl Registry {
             self.expired.insert(id.clone(), ());
         }
         for id in &sweep.removed {
-            self.backends.remove(id);
+            if let Some(old) = self.backends.remove(id) {
+                self.leave_app(&old);
+                if self.journaling {
+                    self.journal.push(Record::Del { id: id.clone() });
+                }
+            }
             self.expired.remove(id);
             self.dirty = true;
         }
@@ -351,8 +506,18 @@ impl Registry {
     /// Returns its version.
     pub fn publish(&mut self) -> u64 {
         self.version += 1;
-        let snapshot = Snapshot::build(self.version, self.backends.values().cloned().collect());
-        self.cell.store(Arc::new(snapshot));
+        let dirty = std::mem::take(&mut self.dirty_apps);
+        let changed = dirty.into_iter().map(|app| {
+            let members = self
+                .apps
+                .get(&app)
+                .map(|m| m.values().cloned().collect())
+                .unwrap_or_default();
+            (app, members)
+        });
+        let snapshot = Arc::new(Snapshot::next(&self.current, self.version, changed));
+        self.current = snapshot.clone();
+        self.cell.store(snapshot);
         self.dirty = false;
         self.version
     }
@@ -375,19 +540,8 @@ impl Registry {
 mod tests {
     use super::*;
 
-    pub(crate) fn spec(id: &str, app: &str, region: &str, ip: &str) -> BackendSpec {
-        BackendSpec {
-            id: id.into(),
-            app: app.into(),
-            region: region.into(),
-            country: None,
-            ip: ip.parse().unwrap(),
-            port: 80,
-            weight: 1,
-            soft_limit: None,
-            hard_limit: None,
-            ttl_secs: None,
-        }
+    fn spec(id: &str, app: &str, region: &str, ip: &str) -> BackendSpec {
+        BackendSpec::new(id, app, region, ip.parse().unwrap(), 80)
     }
 
     fn registry() -> (Registry, Arc<SnapshotCell>) {
@@ -403,7 +557,7 @@ mod tests {
             Registered::Created
         );
         reg.publish();
-        let first = cell.load().backend_by_id("a").unwrap().clone();
+        let first = cell.load().find("a").unwrap().clone();
         first.live.shard_counter(1).store(3, Ordering::Relaxed);
         assert_eq!(
             reg.register(spec("a", "app", "sa", "10.0.0.2"), 10),
@@ -411,12 +565,12 @@ mod tests {
         );
         reg.publish();
         let snap = cell.load();
-        let second = snap.backend_by_id("a").unwrap();
+        let second = snap.find("a").unwrap();
         assert_eq!(second.ip, "10.0.0.2".parse::<IpAddr>().unwrap());
         assert_eq!(second.app, "app");
         assert_eq!(second.region, "sa");
         assert_eq!(second.connections(), 3);
-        assert_eq!(second.registered_ms, 0);
+        assert_eq!(second.registered_unix_ms, first.registered_unix_ms);
         assert_eq!(snap.len(), 1);
     }
 
@@ -455,6 +609,42 @@ mod tests {
         reg.publish();
         assert!(reg.deregister("x"));
         assert!(reg.is_dirty());
+    }
+
+    #[test]
+    fn publish_rebuilds_only_changed_apps() {
+        let (mut reg, cell) = registry();
+        reg.register(spec("a1", "a", "sa", "10.0.0.1"), 0);
+        reg.register(spec("b1", "b", "sa", "10.0.0.2"), 0);
+        reg.publish();
+        let before = cell.load_full();
+        reg.register(spec("a2", "a", "eu", "10.0.0.3"), 0);
+        reg.publish();
+        let after = cell.load_full();
+        assert_eq!(after.len(), 3);
+        assert!(std::ptr::eq(
+            before.app("b").unwrap(),
+            after.app("b").unwrap()
+        ));
+        assert_eq!(after.app("a").unwrap().backends().len(), 2);
+        // Moving a backend to another app leaves the old one.
+        reg.register(spec("a2", "b", "eu", "10.0.0.3"), 0);
+        reg.publish();
+        let moved = cell.load_full();
+        assert_eq!(moved.app("a").unwrap().backends().len(), 1);
+        assert_eq!(moved.app("b").unwrap().backends().len(), 2);
+        assert_eq!(
+            moved.app("b").unwrap().region_names().collect::<Vec<_>>(),
+            ["eu", "sa"]
+        );
+        // The last member leaving removes the app.
+        reg.deregister("a1");
+        reg.publish();
+        let gone = cell.load_full();
+        assert!(gone.app("a").is_none());
+        assert_eq!(gone.groups().len(), 1);
+        assert_eq!(gone.len(), 2);
+        assert_eq!(gone.version, 4);
     }
 
     #[test]

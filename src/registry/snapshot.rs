@@ -1,40 +1,46 @@
 //! The immutable registry view every shard reads.
 //!
-//! Built whole by the API shard after a change and swapped in atomically through `arc-swap`
-//! ([`SnapshotCell`]); a reader holds one only for the length of one decision. Everything a
-//! decision needs is precomputed here: backends by id, and per app (and for "any app") the
-//! candidates grouped by region.
+//! Built by the API shard after a change and swapped in atomically through `arc-swap`
+//! ([`SnapshotCell`]); a reader holds one only for the length of one decision.
+//!
+//! A snapshot is a map from app name to an immutable [`AppGroup`] (the app's backends, grouped
+//! by region), shared by `Arc` between successive snapshots. A publish rebuilds only the groups
+//! of the apps that changed and re-links the others, so its cost is the size of the changed
+//! apps plus one pointer per app, not the size of the registry.
 
 use super::Backend;
 use arc_swap::{ArcSwap, Guard};
 use std::collections::HashMap;
 use std::sync::Arc;
 
-/// One region's members of a group: (region code, indexes).
+/// One region's members of a group: (region code, indexes into the group's backends).
 pub type RegionMembers = (Box<str>, Box<[u32]>);
 
-/// The candidates of one app (or of every app), as indexes into [`Snapshot::backends`].
-#[derive(Debug, Default)]
+/// The backends of one app, immutable.
+#[derive(Debug)]
 pub struct AppGroup {
+    name: Arc<str>,
     /// Every member, in id order.
-    pub members: Box<[u32]>,
+    backends: Box<[Arc<Backend>]>,
     /// Members per region (lower-case region code), regions in name order.
-    pub regions: Box<[RegionMembers]>,
+    regions: Box<[RegionMembers]>,
 }
 
 impl AppGroup {
-    fn build(members: Vec<u32>, backends: &[Arc<Backend>]) -> AppGroup {
+    /// Builds the group of `name` from its backends in id order.
+    pub fn build(name: Arc<str>, backends: Vec<Arc<Backend>>) -> AppGroup {
         let mut regions: Vec<(Box<str>, Vec<u32>)> = Vec::new();
-        for &i in &members {
-            let region = backends[i as usize].region.as_str();
+        for (i, b) in backends.iter().enumerate() {
+            let region = b.region.as_str();
             match regions.iter_mut().find(|(r, _)| &**r == region) {
-                Some((_, list)) => list.push(i),
-                None => regions.push((region.into(), vec![i])),
+                Some((_, list)) => list.push(i as u32),
+                None => regions.push((region.into(), vec![i as u32])),
             }
         }
         regions.sort_by(|a, b| a.0.cmp(&b.0));
         AppGroup {
-            members: members.into_boxed_slice(),
+            name,
+            backends: backends.into_boxed_slice(),
             regions: regions
                 .into_iter()
                 .map(|(r, list)| (r, list.into_boxed_slice()))
@@ -42,14 +48,32 @@ impl AppGroup {
         }
     }
 
-    /// The members in `region`, empty when none.
+    /// The app's name (lower-case).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Every member, in id order.
     #[inline]
-    pub fn region(&self, region: &str) -> &[u32] {
+    pub fn backends(&self) -> &[Arc<Backend>] {
+        &self.backends
+    }
+
+    /// The members in `region`.
+    #[inline]
+    pub fn region(&self, region: &str) -> impl Iterator<Item = &Arc<Backend>> + '_ {
         self.regions
             .iter()
             .find(|(r, _)| &**r == region)
             .map(|(_, list)| &**list)
             .unwrap_or(&[])
+            .iter()
+            .map(move |&i| &self.backends[i as usize])
+    }
+
+    /// The region codes that have members, in name order.
+    pub fn region_names(&self) -> impl Iterator<Item = &str> {
+        self.regions.iter().map(|(r, _)| &**r)
     }
 }
 
@@ -58,72 +82,65 @@ impl AppGroup {
 pub struct Snapshot {
     /// Increases by one with every publish.
     pub version: u64,
-    /// Every backend, sorted by id.
-    pub backends: Box<[Arc<Backend>]>,
-    by_id: HashMap<Box<str>, u32>,
-    apps: HashMap<Box<str>, AppGroup>,
-    all: AppGroup,
+    apps: HashMap<Arc<str>, Arc<AppGroup>>,
+    /// Every group, for listeners that serve any app (unordered).
+    groups: Box<[Arc<AppGroup>]>,
+    len: usize,
 }
 
 impl Snapshot {
-    /// Builds a snapshot from backends sorted by id.
-    pub fn build(version: u64, backends: Vec<Arc<Backend>>) -> Snapshot {
-        let mut by_id = HashMap::with_capacity(backends.len());
-        let mut app_members: HashMap<Box<str>, Vec<u32>> = HashMap::new();
-        for (i, b) in backends.iter().enumerate() {
-            let i = i as u32;
-            by_id.insert(b.id.as_str().into(), i);
-            app_members
-                .entry(b.app.as_str().into())
-                .or_default()
-                .push(i);
+    /// The next snapshot after `prev`: `changed` lists the apps whose membership changed, each
+    /// with its new members in id order (empty = the app is gone).
+    pub fn next(
+        prev: &Snapshot,
+        version: u64,
+        changed: impl IntoIterator<Item = (Arc<str>, Vec<Arc<Backend>>)>,
+    ) -> Snapshot {
+        let mut apps = prev.apps.clone();
+        for (name, members) in changed {
+            if members.is_empty() {
+                apps.remove(&name);
+            } else {
+                apps.insert(name.clone(), Arc::new(AppGroup::build(name, members)));
+            }
         }
-        let apps = app_members
-            .into_iter()
-            .map(|(app, members)| (app, AppGroup::build(members, &backends)))
-            .collect();
-        let all = AppGroup::build((0..backends.len() as u32).collect(), &backends);
+        let groups: Box<[Arc<AppGroup>]> = apps.values().cloned().collect();
+        let len = groups.iter().map(|g| g.backends.len()).sum();
         Snapshot {
             version,
-            backends: backends.into_boxed_slice(),
-            by_id,
             apps,
-            all,
+            groups,
+            len,
         }
     }
 
+    /// Number of backends.
     pub fn len(&self) -> usize {
-        self.backends.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.backends.is_empty()
-    }
-
-    #[inline]
-    pub fn backend(&self, index: u32) -> &Arc<Backend> {
-        &self.backends[index as usize]
-    }
-
-    pub fn backend_by_id(&self, id: &str) -> Option<&Arc<Backend>> {
-        self.by_id.get(id).map(|&i| &self.backends[i as usize])
+        self.len == 0
     }
 
     /// The group of `app` (lower-case), if any backend is registered under it.
     #[inline]
     pub fn app(&self, app: &str) -> Option<&AppGroup> {
-        self.apps.get(app)
+        self.apps.get(app).map(|g| &**g)
     }
 
-    /// Every app's names, unordered.
-    pub fn app_names(&self) -> impl Iterator<Item = &str> {
-        self.apps.keys().map(|k| &**k)
-    }
-
-    /// Every backend of every app: what a listener that serves any app chooses from.
+    /// Every app's group, unordered.
     #[inline]
-    pub fn all(&self) -> &AppGroup {
-        &self.all
+    pub fn groups(&self) -> &[Arc<AppGroup>] {
+        &self.groups
+    }
+
+    /// Finds a backend by id: a scan, for tests and tools, never for the data plane.
+    pub fn find(&self, id: &str) -> Option<&Arc<Backend>> {
+        self.groups
+            .iter()
+            .flat_map(|g| g.backends.iter())
+            .find(|b| b.id == id)
     }
 }
 

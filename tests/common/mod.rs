@@ -31,6 +31,8 @@ pub struct Hub {
     pub routes: Vec<(SocketAddr, String)>,
     /// Log lines printed up to and including the `ready:` line.
     pub startup_log: Vec<String>,
+    /// The temporary state directory this hub owns, removed on drop.
+    state: Option<StateDir>,
     /// Log lines printed after `ready:` (drained on demand).
     logs: mpsc::Receiver<String>,
 }
@@ -46,17 +48,36 @@ impl Hub {
     }
 
     pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Hub {
+        let dir = StateDir::new();
+        let mut hub = Self::start_in(&dir.0, extra, env);
+        hub.state = Some(dir);
+        hub
+    }
+
+    /// Starts the hub with its registry persisted in `state_dir` (which the caller owns).
+    pub fn start_in(state_dir: &std::path::Path, extra: &[&str], env: &[(&str, &str)]) -> Hub {
+        let state_arg = format!("--state-dir={}", state_dir.display());
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_edgeproxy"));
         for (k, _) in std::env::vars() {
             if k.starts_with("EDGEPROXY_") || k == "RUST_LOG" || k == "DEBUG" {
                 cmd.env_remove(k);
             }
         }
+        // A CI run under systemd must not have test hubs talk to its service manager.
+        for k in [
+            "NOTIFY_SOCKET",
+            "WATCHDOG_USEC",
+            "WATCHDOG_PID",
+            "STATE_DIRECTORY",
+        ] {
+            cmd.env_remove(k);
+        }
         cmd.args([
             "--shards=2",
             "--listen-addr=127.0.0.1:0",
             "--api-listen-addr=127.0.0.1:0",
             "--dns-listen-addr=127.0.0.1:0",
+            &state_arg,
         ])
         .args(extra)
         .envs(env.iter().copied())
@@ -100,6 +121,7 @@ impl Hub {
                             dns: addr("dns="),
                             routes,
                             startup_log: seen,
+                            state: None,
                             child,
                             logs: rx,
                         };
@@ -120,6 +142,28 @@ impl Hub {
     /// Log lines printed since the last call.
     pub fn drain_logs(&self) -> Vec<String> {
         self.logs.try_iter().collect()
+    }
+
+    /// Every log line up to and including the first containing `needle` (bounded wait).
+    pub fn logs_until(&self, needle: &str) -> Vec<String> {
+        let deadline = std::time::Instant::now() + STEP;
+        let mut lines = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.logs.recv_timeout(left) {
+                Ok(line) => {
+                    let done = line.contains(needle);
+                    lines.push(line);
+                    if done {
+                        return lines;
+                    }
+                }
+                Err(_) => panic!(
+                    "no log line containing {needle:?}; got:\n{}",
+                    lines.join("\n")
+                ),
+            }
+        }
     }
 
     /// Waits (bounded) for a log line containing `needle`.
@@ -177,6 +221,28 @@ impl Hub {
         assert_eq!(json["registered"], true, "{json}");
     }
 
+    /// Sends `signal` (e.g. `libc::SIGTERM`) to the hub.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill has no memory-safety preconditions.
+        let rc = unsafe { libc::kill(self.child.id() as i32, signal) };
+        assert_eq!(rc, 0, "kill failed");
+    }
+
+    /// Waits (bounded by `within`) for the hub to exit; its exit status.
+    pub fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the hub did not exit within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Sends SIGKILL and waits.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -187,6 +253,30 @@ impl Hub {
 impl Drop for Hub {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A temporary directory, removed on drop.
+pub struct StateDir(pub std::path::PathBuf);
+
+impl StateDir {
+    pub fn new() -> StateDir {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "edgeproxy-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create a temporary state directory");
+        StateDir(dir)
+    }
+}
+
+impl Drop for StateDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
