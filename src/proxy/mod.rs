@@ -66,10 +66,13 @@ pub async fn serve(ctx: Rc<ShardCtx>, listener: TcpListener, app: Option<Rc<str>
     let mut last_log_ms: Option<u64> = None;
     let mut suppressed = 0u64;
     loop {
-        // Hold a slot before accepting: at the cap, connections wait in the kernel backlog.
-        let Ok(slot) = cap.acquire_static_permit(1).await else {
+        // At the cap, stop accepting: connections wait in the kernel backlog. Only wait for a
+        // free slot here, without keeping it: a slot kept by a listener that nobody connects
+        // to would starve the shard's other listeners.
+        if cap.acquire(1).await.is_err() {
             return;
-        };
+        }
+        cap.signal(1);
         let client = match listener.accept().await {
             Ok(client) => client,
             Err(e) => {
@@ -85,10 +88,14 @@ pub async fn serve(ctx: Rc<ShardCtx>, listener: TcpListener, app: Option<Rc<str>
                 } else {
                     suppressed += 1;
                 }
-                drop(slot);
                 glommio::timer::sleep(ACCEPT_ERROR_PAUSE).await;
                 continue;
             }
+        };
+        // Another listener of this shard may have taken the slot meanwhile; then this one
+        // connection waits (at most one per listener) and this loop accepts no more.
+        let Ok(slot) = cap.acquire_static_permit(1).await else {
+            return;
         };
         let ctx = ctx.clone();
         let app = app.clone();

@@ -465,3 +465,31 @@ fn idle_connections_are_closed() {
         until("the live count to drop", || env.connections("e") == 0).await;
     });
 }
+
+#[test]
+fn at_the_connection_cap_new_clients_wait_in_the_backlog() {
+    run(|| async {
+        let mut cfg = config(SpliceMode::Auto);
+        cfg.max_connections = 1;
+        let env = Env::start(cfg);
+        env.register("e", "web", "sa", echo_backend("e"));
+        let mut a = TcpStream::connect(env.proxy).await.unwrap();
+        let mut tag = [0u8; 1];
+        a.read_exact(&mut tag).await.unwrap();
+        // The kernel completes b's handshake, but the shard must not accept it while a is open.
+        let mut b = TcpStream::connect(env.proxy).await.unwrap();
+        b.write_all(b"x").await.unwrap();
+        for _ in 0..20 {
+            a.write_all(b"ping").await.unwrap();
+            let mut echo = [0u8; 4];
+            a.read_exact(&mut echo).await.unwrap();
+            assert_eq!(env.connections("e"), 1);
+        }
+        drop(a);
+        // Once a is gone, b is served.
+        let mut got = [0u8; 2];
+        b.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"ex");
+        assert_eq!(env.connections("e"), 1);
+    });
+}
