@@ -45,6 +45,74 @@ impl std::str::FromStr for Route {
     }
 }
 
+/// `NAME=APP[:passthrough][:proxy-v2]`: the TLS clients asking for SNI `NAME` go to `APP`;
+/// `passthrough` forwards their TLS untouched (the backend holds the certificate), `proxy-v2`
+/// sends the backend a PROXY v2 header first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsRoute {
+    pub name: String,
+    pub app: String,
+    pub passthrough: bool,
+    pub proxy_v2: bool,
+}
+
+impl std::str::FromStr for TlsRoute {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (name, rest) = s.split_once('=').ok_or_else(|| {
+            format!("invalid TLS route '{s}': expected NAME=APP[:passthrough][:proxy-v2]")
+        })?;
+        let name = name.trim().trim_end_matches('.').to_ascii_lowercase();
+        if !crate::names::is_dns_name(&name) {
+            return Err(format!("invalid TLS route '{s}': NAME must be a DNS name"));
+        }
+        let mut parts = rest.split(':');
+        let app = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+        if !crate::names::is_dns_name(&app) {
+            return Err(format!(
+                "invalid TLS route '{s}': APP must be DNS-safe labels"
+            ));
+        }
+        let mut route = TlsRoute {
+            name,
+            app,
+            passthrough: false,
+            proxy_v2: false,
+        };
+        for opt in parts {
+            match opt.trim() {
+                "passthrough" => route.passthrough = true,
+                "proxy-v2" => route.proxy_v2 = true,
+                other => {
+                    return Err(format!(
+                        "invalid TLS route '{s}': unknown option '{other}' (passthrough, proxy-v2)"
+                    ))
+                }
+            }
+        }
+        Ok(route)
+    }
+}
+
+/// TLS settings, validated.
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    /// `None`: TLS is off.
+    pub listen_addr: Option<SocketAddr>,
+    /// Passthrough listeners: ports on the TLS host address.
+    pub passthrough_ports: Vec<u16>,
+    pub sources: crate::tls::certs::CertSources,
+    pub routes: Vec<TlsRoute>,
+    pub default_app: Option<String>,
+    pub alpn: Vec<String>,
+    pub handshake_timeout: Duration,
+    pub max_handshakes: usize,
+    pub session_cache: usize,
+    /// PROXY v2 toward every TLS backend (else per route).
+    pub proxy_protocol: bool,
+}
+
 /// When to forward with `splice(2)` instead of copying through a buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum SpliceMode {
@@ -112,6 +180,85 @@ pub struct Args {
     /// It binds the proxy's host address.
     #[arg(long = "route", env = "EDGEPROXY_ROUTES", value_delimiter = ',')]
     pub routes: Vec<Route>,
+
+    /// Send a PROXY protocol v2 header to backends of the TCP proxy, so they learn the real
+    /// client address.
+    #[arg(long, env = "EDGEPROXY_PROXY_PROTOCOL", default_value = "false", value_parser = parse_bool, action = clap::ArgAction::Set)]
+    pub proxy_protocol: bool,
+
+    /// Address of the TLS listener (termination, SNI routing).
+    #[arg(
+        long,
+        env = "EDGEPROXY_TLS_LISTEN_ADDR",
+        default_value = "0.0.0.0:8443"
+    )]
+    pub tls_listen_addr: SocketAddr,
+
+    /// Serve TLS.
+    #[arg(long, env = "EDGEPROXY_TLS_ENABLED", default_value = "true", value_parser = parse_bool, action = clap::ArgAction::Set)]
+    pub tls_enabled: bool,
+
+    /// PEM certificate chain (leaf first); the default certificate. With EDGEPROXY_TLS_KEY.
+    #[arg(long, env = "EDGEPROXY_TLS_CERT")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// PEM private key of EDGEPROXY_TLS_CERT (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "EDGEPROXY_TLS_KEY")]
+    pub tls_key: Option<std::path::PathBuf>,
+
+    /// Directory of certificates chosen by SNI: each *.pem/*.crt holds a chain and its key (or
+    /// the key is beside it as <stem>.key); names are the subjectAltName DNS names.
+    #[arg(long, env = "EDGEPROXY_TLS_CERT_DIR")]
+    pub tls_cert_dir: Option<std::path::PathBuf>,
+
+    /// SNI name → app: NAME=APP[:passthrough][:proxy-v2] (repeatable; comma-separated in the
+    /// variable). Without a route, `<app>.<zone>` names select their app.
+    #[arg(
+        long = "tls-route",
+        env = "EDGEPROXY_TLS_ROUTES",
+        value_delimiter = ','
+    )]
+    pub tls_routes: Vec<TlsRoute>,
+
+    /// App for TLS names that map to no app (and for clients without SNI). Unset: such names
+    /// get an unrecognized_name alert, and clients without SNI may reach every app.
+    #[arg(long, env = "EDGEPROXY_TLS_DEFAULT_APP")]
+    pub tls_default_app: Option<String>,
+
+    /// Extra TLS listener that never terminates: routes on the ClientHello's SNI and forwards
+    /// the TLS bytes untouched (repeatable; comma-separated in the variable).
+    #[arg(
+        long = "tls-passthrough",
+        env = "EDGEPROXY_TLS_PASSTHROUGH",
+        value_delimiter = ','
+    )]
+    pub tls_passthrough: Vec<u16>,
+
+    /// ALPN protocols offered, in order of preference (comma-separated).
+    #[arg(
+        long,
+        env = "EDGEPROXY_TLS_ALPN",
+        value_delimiter = ',',
+        default_value = "h2,http/1.1"
+    )]
+    pub tls_alpn: Vec<String>,
+
+    /// Milliseconds a client has from connecting to finishing its TLS handshake.
+    #[arg(long, env = "EDGEPROXY_TLS_HANDSHAKE_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub tls_handshake_timeout_ms: u64,
+
+    /// Most TLS handshakes in progress at once, per shard; further clients wait (within their
+    /// handshake timeout).
+    #[arg(long, env = "EDGEPROXY_TLS_MAX_HANDSHAKES", default_value_t = 1024)]
+    pub tls_max_handshakes: usize,
+
+    /// TLS sessions remembered per shard for resumption by session id (tickets need none).
+    #[arg(long, env = "EDGEPROXY_TLS_SESSION_CACHE", default_value_t = 4096)]
+    pub tls_session_cache: usize,
+
+    /// Send a PROXY protocol v2 header to every TLS backend (else per --tls-route).
+    #[arg(long, env = "EDGEPROXY_TLS_PROXY_PROTOCOL", default_value = "false", value_parser = parse_bool, action = clap::ArgAction::Set)]
+    pub tls_proxy_protocol: bool,
 
     /// Address of the registration API (plain HTTP/1.1).
     #[arg(
@@ -288,6 +435,9 @@ pub struct Config {
     pub cpus: Vec<usize>,
     pub listen_addr: SocketAddr,
     pub routes: Vec<Route>,
+    /// PROXY v2 header toward TCP proxy backends.
+    pub proxy_protocol: bool,
+    pub tls: TlsConfig,
     pub api_listen_addr: Option<SocketAddr>,
     pub dns_listen_addr: Option<SocketAddr>,
     pub dns_zone: String,
@@ -409,6 +559,51 @@ impl Config {
         if (args.api_token.is_some() || args.api_token_file.is_some()) && !api_auth.enabled() {
             return Err(ConfigError("the API token is empty".into()));
         }
+        if args.tls_max_handshakes == 0 {
+            return Err(ConfigError(
+                "--tls-max-handshakes must be at least 1".into(),
+            ));
+        }
+        let tls_default_app = match args.tls_default_app {
+            Some(app) => {
+                let app = app.trim().to_ascii_lowercase();
+                if !crate::names::is_dns_name(&app) {
+                    return Err(ConfigError(format!(
+                        "--tls-default-app '{app}' is not an app name"
+                    )));
+                }
+                Some(app)
+            }
+            None => None,
+        };
+        let tls_alpn: Vec<String> = args
+            .tls_alpn
+            .iter()
+            .map(|p| p.trim().to_string())
+            .filter(|p| !p.is_empty())
+            .collect();
+        if tls_alpn.iter().any(|p| p.len() > 255) {
+            return Err(ConfigError(
+                "--tls-alpn: a protocol name is longer than 255 bytes".into(),
+            ));
+        }
+        let tls = TlsConfig {
+            listen_addr: args.tls_enabled.then_some(args.tls_listen_addr),
+            passthrough_ports: args.tls_passthrough,
+            sources: crate::tls::certs::CertSources {
+                cert: args.tls_cert,
+                key: args.tls_key,
+                dir: args.tls_cert_dir,
+                zone: args.dns_domain.clone(),
+            },
+            routes: args.tls_routes,
+            default_app: tls_default_app,
+            alpn: tls_alpn,
+            handshake_timeout: Duration::from_millis(args.tls_handshake_timeout_ms),
+            max_handshakes: args.tls_max_handshakes,
+            session_cache: args.tls_session_cache,
+            proxy_protocol: args.tls_proxy_protocol,
+        };
         let mut ignored = Vec::new();
         if args.legacy_db_path.is_some() {
             ignored.push("EDGEPROXY_DB_PATH");
@@ -427,6 +622,8 @@ impl Config {
             cpus,
             listen_addr: args.listen_addr,
             routes: args.routes,
+            proxy_protocol: args.proxy_protocol,
+            tls,
             api_listen_addr: args.api_enabled.then_some(args.api_listen_addr),
             dns_listen_addr: args.dns_enabled.then_some(args.dns_listen_addr),
             dns_zone: args.dns_domain,
@@ -466,6 +663,7 @@ impl Config {
             "--listen-addr=127.0.0.1:0",
             "--api-listen-addr=127.0.0.1:0",
             "--dns-listen-addr=127.0.0.1:0",
+            "--tls-listen-addr=127.0.0.1:0",
             "--persist=false",
         ]);
         let allowed = allowed_cpus();

@@ -17,6 +17,7 @@
 //! - [`dns`]: the DNS responder (pure: query bytes + snapshot → answer bytes) and its servers.
 //! - [`api`]: HTTP/1.1 request reader, routes and JSON for the registration API.
 //! - [`proxy`]: TCP forwarding (splice or copy) with connect retries.
+//! - [`tls`]: TLS on 8443: rustls termination, certificates by SNI, SNI routing, passthrough.
 //! - [`shard`]: spawning pinned executors, binding listeners on every shard, startup errors.
 //! - [`notify`]: systemd readiness and watchdog (`sd_notify`), off the shards.
 //! - [`doctor`]: `edgeproxy doctor`, the machine against `tuning/` and the configuration.
@@ -40,3 +41,4 @@ pub mod shard;
 pub mod shutdown;
 pub mod store;
 pub mod sys;
+pub mod tls;

@@ -100,7 +100,7 @@ fn main() -> ExitCode {
     };
     edgeproxy::shard::log_listeners(&log_cfg, &hub.addrs);
     log::info!(
-        "ready: proxy={} api={} dns={} routes={} shards={} region={}",
+        "ready: proxy={} api={} dns={} tls={} passthrough={} routes={} shards={} region={}",
         hub.addrs.proxy,
         hub.addrs
             .api
@@ -110,6 +110,16 @@ fn main() -> ExitCode {
             .dns
             .map(|a| a.to_string())
             .unwrap_or_else(|| "off".into()),
+        hub.addrs
+            .tls
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "off".into()),
+        hub.addrs
+            .tls_passthrough
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(","),
         hub.addrs
             .routes
             .iter()
@@ -129,6 +139,7 @@ fn main() -> ExitCode {
         zone: log_cfg.dns_zone.clone(),
     }));
     let metrics = hub.metrics.clone();
+    let tls = hub.tls.clone();
     // A shard that stops on its own is a bug: do not keep half a hub running.
     std::thread::spawn(move || {
         let result = hub.join();
@@ -139,9 +150,19 @@ fn main() -> ExitCode {
     });
     loop {
         match sys::wait_signal(&SIGNALS) {
-            Ok(libc::SIGHUP) => {
-                log::info!("SIGHUP: nothing is reloadable yet; restart to change settings");
-            }
+            Ok(libc::SIGHUP) => match &tls {
+                // Certificates are read here, on the main thread, never on a shard; open
+                // connections keep the certificate they were served.
+                Some(tls) => match tls.reload() {
+                    Ok(summary) => log::info!("SIGHUP: tls certificates reloaded: {summary}"),
+                    Err(e) => {
+                        log::error!("SIGHUP: tls reload failed, keeping the old certificates: {e}")
+                    }
+                },
+                None => log::info!(
+                    "SIGHUP: TLS is off; nothing else is reloadable (restart to change settings)"
+                ),
+            },
             Ok(sig) => {
                 log::info!(
                     "signal {sig}: draining (no new connections; open ones get {:?})",

@@ -66,6 +66,10 @@ pub struct BoundAddrs {
     pub routes: Vec<(SocketAddr, String)>,
     pub api: Option<SocketAddr>,
     pub dns: Option<SocketAddr>,
+    /// The TLS listener (termination); `None` when TLS is off.
+    pub tls: Option<SocketAddr>,
+    /// The TLS passthrough listeners.
+    pub tls_passthrough: Vec<SocketAddr>,
 }
 
 /// One shard's sockets, bound and listening, not yet handed to glommio.
@@ -76,6 +80,8 @@ struct ShardSockets {
     dns_udp: Option<Socket>,
     dns_tcp: Option<Socket>,
     api: Option<Socket>,
+    /// (listener, passthrough only)
+    tls: Vec<(Socket, bool)>,
 }
 
 fn bind_error(what: &str, addr: SocketAddr, err: io::Error) -> StartError {
@@ -204,6 +210,23 @@ fn bind_all(cfg: &Config) -> Result<(BoundAddrs, Vec<ShardSockets>), StartError>
         }
         None => None,
     };
+    let mut tls = None;
+    let mut tls_passthrough = Vec::new();
+    if let Some(addr) = cfg.tls.listen_addr {
+        let (bound, socks) = bind_tcp_n("TLS", addr, n, cfg.backlog)?;
+        for (s, sock) in shards.iter_mut().zip(socks) {
+            s.tls.push((sock, false));
+        }
+        tls = Some(bound);
+        for &port in &cfg.tls.passthrough_ports {
+            let addr = SocketAddr::new(addr.ip(), port);
+            let (bound, socks) = bind_tcp_n("TLS passthrough", addr, n, cfg.backlog)?;
+            for (s, sock) in shards.iter_mut().zip(socks) {
+                s.tls.push((sock, true));
+            }
+            tls_passthrough.push(bound);
+        }
+    }
     let api = match cfg.api_listen_addr {
         Some(addr) => {
             let (bound, mut socks) = bind_tcp_n("the API", addr, 1, 1024)?;
@@ -218,6 +241,8 @@ fn bind_all(cfg: &Config) -> Result<(BoundAddrs, Vec<ShardSockets>), StartError>
             routes,
             api,
             dns,
+            tls,
+            tls_passthrough,
         },
         shards,
     ))
@@ -245,6 +270,8 @@ pub struct Hub {
     pub addrs: BoundAddrs,
     pub cell: Arc<SnapshotCell>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Certificates and ticket key: what SIGHUP reloads. `None` when TLS is off.
+    pub tls: Option<Arc<crate::tls::TlsShared>>,
     handles: Vec<glommio::ExecutorJoinHandle<()>>,
 }
 
@@ -272,6 +299,11 @@ pub fn start(cfg: Config) -> Result<Hub, StartError> {
         Ok(_) => {}
         Err(e) => log::warn!("cannot raise the open-files limit: {e}"),
     }
+    // Certificates before any socket: a bad file is one line naming it, exit code 2.
+    let tls = match cfg.tls.listen_addr {
+        Some(_) => Some(crate::tls::TlsShared::new(&cfg).map_err(|e| StartError(e.0))?),
+        None => None,
+    };
     let (addrs, sockets) = bind_all(&cfg)?;
     let cfg = Arc::new(cfg);
     let cell = Arc::new(SnapshotCell::new());
@@ -326,12 +358,13 @@ pub fn start(cfg: Config) -> Result<Hub, StartError> {
         let control =
             (id == 0).then(|| (registry.take().expect("one API shard"), recovered.take()));
         let ready = ready_tx.clone();
+        let tls = tls.clone();
         let builder = LocalExecutorBuilder::new(Placement::Fixed(cfg.cpus[id]))
             .name(&format!("shard-{id}"))
             .io_memory(IO_MEMORY_PER_SHARD)
             .preempt_timer(Duration::from_millis(10));
         let handle = builder
-            .spawn(move || async move { run_shard(ctx, socks, control, ready).await })
+            .spawn(move || async move { run_shard(ctx, socks, tls, control, ready).await })
             .map_err(|e| StartError(format!("cannot start shard {id}: {e}")))?;
         handles.push(handle);
     }
@@ -347,6 +380,7 @@ pub fn start(cfg: Config) -> Result<Hub, StartError> {
         addrs,
         cell,
         metrics: all_metrics,
+        tls,
         handles,
     })
 }
@@ -366,6 +400,7 @@ fn glommio_udp(sock: Socket) -> glommio::net::UdpSocket {
 async fn run_shard(
     ctx: ShardCtx,
     socks: ShardSockets,
+    tls: Option<Arc<crate::tls::TlsShared>>,
     control: Option<(Registry, Option<crate::store::Recovered>)>,
     ready: std::sync::mpsc::Sender<Result<usize, String>>,
 ) {
@@ -380,6 +415,23 @@ async fn run_shard(
             listener,
             app.map(Rc::from),
         ))));
+    }
+    if let Some(shared) = tls {
+        let shard_tls = match crate::tls::ShardTls::new(&shared, &ctx.cfg) {
+            Ok(t) => t,
+            Err(e) => {
+                let _ = ready.send(Err(e));
+                return;
+            }
+        };
+        for (sock, passthrough) in socks.tls {
+            tasks.push(glommio::spawn_local(until_drain(crate::tls::serve(
+                ctx.clone(),
+                shard_tls.clone(),
+                glommio_tcp(sock),
+                passthrough,
+            ))));
+        }
     }
     if let Some(sock) = socks.dns_udp {
         tasks.push(glommio::spawn_local(crate::dns::serve_udp(
@@ -460,6 +512,12 @@ pub fn log_listeners(cfg: &Config, addrs: &BoundAddrs) {
             "dns listening on {dns} udp+tcp (zone {}), {n} shards",
             cfg.dns_zone
         );
+    }
+    if let Some(tls) = addrs.tls {
+        log::info!("tls listening on {tls} (termination, SNI routing), {n} shards");
+    }
+    for addr in &addrs.tls_passthrough {
+        log::info!("tls passthrough listening on {addr}, {n} shards");
     }
     if let Some(api) = addrs.api {
         log::info!("api listening on {api}, api shard 0");

@@ -171,6 +171,7 @@ fn state_dir_problems_are_startup_errors() {
                 "--listen-addr=127.0.0.1:0",
                 "--api-listen-addr=127.0.0.1:0",
                 "--dns-listen-addr=127.0.0.1:0",
+                "--tls-listen-addr=127.0.0.1:0",
             ])
             .args(args)
             .stdin(Stdio::null())

@@ -24,10 +24,11 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).to_string()
 }
 
-const EPHEMERAL: [&str; 3] = [
+const EPHEMERAL: [&str; 4] = [
     "--listen-addr=127.0.0.1:0",
     "--api-listen-addr=127.0.0.1:0",
     "--dns-listen-addr=127.0.0.1:0",
+    "--tls-listen-addr=127.0.0.1:0",
 ];
 
 #[test]

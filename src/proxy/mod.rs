@@ -15,6 +15,7 @@
 
 mod forward;
 pub mod pool;
+pub mod proxy_protocol;
 pub mod splice;
 #[cfg(test)]
 mod tests;
@@ -46,7 +47,7 @@ thread_local! {
     static SHARD_CAP: RefCell<Option<(*const ShardCtx, Rc<Semaphore>)>> = const { RefCell::new(None) };
 }
 
-fn shard_cap(ctx: &Rc<ShardCtx>) -> Rc<Semaphore> {
+pub(crate) fn shard_cap(ctx: &Rc<ShardCtx>) -> Rc<Semaphore> {
     SHARD_CAP.with(|cap| {
         let mut cap = cap.borrow_mut();
         match &*cap {
@@ -211,7 +212,16 @@ async fn proxy_connection(ctx: &ShardCtx, client: TcpStream, app: Option<&str>) 
         );
         return;
     };
+    let mut backend = backend;
     let _ = backend.set_nodelay(true);
+    if ctx.cfg.proxy_protocol {
+        let local = client.local_addr().unwrap_or(peer);
+        let (h, n) = proxy_protocol::v2_header(peer, local);
+        if let Err(e) = futures_lite::AsyncWriteExt::write_all(&mut backend, &h[..n]).await {
+            log::debug!("{peer}: cannot send the PROXY header: {e}");
+            return;
+        }
+    }
     let opts = Options {
         mode: ctx.cfg.splice,
         pipe_size: ctx.cfg.splice_pipe_size,

@@ -27,6 +27,10 @@ pub struct Hub {
     pub proxy: SocketAddr,
     pub api: SocketAddr,
     pub dns: SocketAddr,
+    /// The TLS listener (termination).
+    pub tls: SocketAddr,
+    /// The TLS passthrough listeners.
+    pub passthrough: Vec<SocketAddr>,
     /// (address, app) of every `--route` listener.
     pub routes: Vec<(SocketAddr, String)>,
     /// Log lines printed up to and including the `ready:` line.
@@ -77,6 +81,7 @@ impl Hub {
             "--listen-addr=127.0.0.1:0",
             "--api-listen-addr=127.0.0.1:0",
             "--dns-listen-addr=127.0.0.1:0",
+            "--tls-listen-addr=127.0.0.1:0",
             &state_arg,
         ])
         .args(extra)
@@ -119,6 +124,13 @@ impl Hub {
                             proxy: addr("proxy="),
                             api: addr("api="),
                             dns: addr("dns="),
+                            tls: addr("tls="),
+                            passthrough: field(&line, "passthrough=")
+                                .unwrap_or("")
+                                .split(',')
+                                .filter(|s| !s.is_empty())
+                                .map(|a| a.parse().expect("passthrough addr"))
+                                .collect(),
                             routes,
                             startup_log: seen,
                             state: None,

@@ -1,0 +1,516 @@
+//! TLS on 8443: termination with rustls on every shard, routing by SNI name, and passthrough.
+//!
+//! Every connection starts the same way: the ClientHello is read (not decrypted) by our own
+//! bounded parser ([`clienthello`]) within the handshake timeout and while holding one of the
+//! shard's handshake slots. Its SNI name chooses the app ([`route`]); a name that maps to no app
+//! is answered with an `unrecognized_name` alert. Then either
+//! - **terminate**: the bytes already read are replayed into rustls, which finishes the handshake
+//!   with the certificate chosen by SNI ([`certs`]); the plaintext is copied to a backend chosen
+//!   exactly as the TCP proxy chooses ([`crate::proxy::connect_backend`]), or
+//! - **passthrough** (a `--tls-passthrough` listener or a route marked so): the untouched bytes
+//!   go to the backend, which holds its own certificate, and the rest is spliced like the TCP
+//!   proxy's ([`crate::proxy::forward`]).
+//!
+//! Optionally the backend first receives a PROXY v2 header with the real client address.
+//!
+//! Certificates live in a [`certs::Certs`] shared by every shard (an `ArcSwap`): SIGHUP reloads
+//! them on the main thread and swaps them in whole; open connections keep theirs. Each shard has
+//! its own `ServerConfig` (so its session cache is its own, uncontended); session tickets use one
+//! key shared by all shards, so a client resumes whichever shard the kernel hands it to.
+//!
+//! Never blocks, never waits without a deadline before the handshake ends.
+
+pub mod certs;
+pub mod clienthello;
+mod relay;
+
+use crate::config::{Config, TlsRoute};
+use crate::proxy::{connect_backend, forward, Options};
+use crate::shard::ShardCtx;
+use clienthello::{Hello, Parse};
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use futures_rustls::TlsAcceptor;
+use glommio::net::{TcpListener, TcpStream};
+use glommio::sync::Semaphore;
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ProducesTickets, ServerConfig, ServerSessionMemoryCache};
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+/// What the whole process shares for TLS: certificates, the ticket key, the crypto provider.
+pub struct TlsShared {
+    pub certs: Arc<certs::Certs>,
+    sources: certs::CertSources,
+    provider: Arc<CryptoProvider>,
+    ticketer: Arc<dyn ProducesTickets>,
+}
+
+impl std::fmt::Debug for TlsShared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsShared")
+            .field("certs", &self.certs)
+            .finish()
+    }
+}
+
+/// The one crypto provider of the process: `ring`, installed explicitly so nothing can pick
+/// another implicitly.
+fn provider() -> Arc<CryptoProvider> {
+    let p = Arc::new(rustls::crypto::ring::default_provider());
+    // Already installed (a second hub in one test process): the same provider, fine.
+    let _ = CryptoProvider::install_default((*p).clone());
+    p
+}
+
+impl TlsShared {
+    /// Loads the certificates (or generates the self-signed one). Errors name the file.
+    pub fn new(cfg: &Config) -> Result<Arc<TlsShared>, certs::CertError> {
+        let provider = provider();
+        let sources = cfg.tls.sources.clone();
+        let set = certs::CertSet::load(&sources, &provider)?;
+        if set.self_signed {
+            log::warn!(
+                "tls: no certificate configured; serving a self-signed one ({}). Set \
+                 EDGEPROXY_TLS_CERT and EDGEPROXY_TLS_KEY (PEM chain and key) or \
+                 EDGEPROXY_TLS_CERT_DIR (one chain+key per file) for real ones",
+                set.summary
+            );
+        } else {
+            log::info!("tls: certificates: {}", set.summary);
+        }
+        let ticketer = rustls::crypto::ring::Ticketer::new()
+            .map_err(|e| certs::CertError(format!("cannot create the session ticket key: {e}")))?;
+        Ok(Arc::new(TlsShared {
+            certs: Arc::new(certs::Certs::new(set)),
+            sources,
+            provider,
+            ticketer,
+        }))
+    }
+
+    /// Reads the certificates again and swaps them in; on error the old ones stay.
+    pub fn reload(&self) -> Result<String, certs::CertError> {
+        let set = certs::CertSet::load(&self.sources, &self.provider)?;
+        let summary = set.summary.clone();
+        self.certs.current.store(Arc::new(set));
+        Ok(summary)
+    }
+
+    /// One shard's server configuration.
+    fn server_config(&self, cfg: &Config) -> Result<Arc<ServerConfig>, rustls::Error> {
+        let mut sc = ServerConfig::builder_with_provider(self.provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+            .with_no_client_auth()
+            .with_cert_resolver(self.certs.clone());
+        sc.alpn_protocols = cfg.tls.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+        sc.session_storage = ServerSessionMemoryCache::new(cfg.tls.session_cache);
+        sc.ticketer = self.ticketer.clone();
+        Ok(Arc::new(sc))
+    }
+}
+
+/// A shard's TLS state: its acceptor and its handshake slots.
+pub struct ShardTls {
+    acceptor: TlsAcceptor,
+    handshakes: Rc<Semaphore>,
+}
+
+impl ShardTls {
+    pub fn new(shared: &TlsShared, cfg: &Config) -> Result<Rc<ShardTls>, String> {
+        let sc = shared
+            .server_config(cfg)
+            .map_err(|e| format!("cannot build the TLS configuration: {e}"))?;
+        Ok(Rc::new(ShardTls {
+            acceptor: TlsAcceptor::from(sc),
+            handshakes: Rc::new(Semaphore::new(cfg.tls.max_handshakes as u64)),
+        }))
+    }
+}
+
+/// Where a connection goes, decided from its SNI name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// To `app` (`None`: every app, as the TCP proxy's main listener).
+    Forward {
+        app: Option<String>,
+        passthrough: bool,
+        proxy_v2: bool,
+    },
+    /// No app for this name: `unrecognized_name`.
+    Unrecognized,
+}
+
+/// Chooses the app for `sni` (pure). Order: an explicit `--tls-route`, then `<app>.<zone>` for
+/// an app that has backends, then the default app; a name matching none of them is refused. A
+/// client without SNI goes to the default app, or to every app like the TCP proxy's listener.
+pub fn route(
+    cfg: &Config,
+    sni: Option<&str>,
+    app_exists: impl Fn(&str) -> bool,
+    listener_passthrough: bool,
+) -> Decision {
+    let t = &cfg.tls;
+    let forward = |app: Option<&str>, r: Option<&TlsRoute>| Decision::Forward {
+        app: app.map(str::to_string),
+        passthrough: listener_passthrough || r.is_some_and(|r| r.passthrough),
+        proxy_v2: t.proxy_protocol || r.is_some_and(|r| r.proxy_v2),
+    };
+    let Some(name) = sni else {
+        return forward(t.default_app.as_deref(), None);
+    };
+    if let Some(r) = t.routes.iter().find(|r| r.name == name) {
+        return forward(Some(&r.app), Some(r));
+    }
+    if let Some(app) = name
+        .strip_suffix(cfg.dns_zone.as_str())
+        .and_then(|p| p.strip_suffix('.'))
+    {
+        if !app.is_empty() && app_exists(app) {
+            return forward(Some(app), None);
+        }
+    }
+    match &t.default_app {
+        Some(app) => forward(Some(app), None),
+        None => Decision::Unrecognized,
+    }
+}
+
+/// Serves one TLS listener (`passthrough`: never terminate).
+pub async fn serve(ctx: Rc<ShardCtx>, tls: Rc<ShardTls>, listener: TcpListener, passthrough: bool) {
+    let cap = crate::proxy::shard_cap(&ctx);
+    let local = listener.local_addr().ok();
+    loop {
+        let Ok(slot) = cap.acquire_static_permit(1).await else {
+            return;
+        };
+        let client = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                log::debug!("shard {}: tls accept failed: {e}", ctx.id);
+                drop(slot);
+                glommio::timer::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let ctx = ctx.clone();
+        let tls = tls.clone();
+        glommio::spawn_local(async move {
+            connection(&ctx, &tls, client, local, passthrough).await;
+            drop(slot);
+        })
+        .detach();
+    }
+}
+
+/// Takes one off the active gauge when a connection ends.
+struct ActiveGuard<'a>(&'a crate::metrics::Gauge);
+
+impl Drop for ActiveGuard<'_> {
+    fn drop(&mut self) {
+        self.0.add(-1);
+    }
+}
+
+/// Why a connection ended before its handshake did.
+enum Early {
+    TimedOut,
+    Io(io::Error),
+    Invalid(&'static str),
+}
+
+/// Reads until a whole ClientHello is in `buf`.
+async fn read_hello(client: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Hello, Early> {
+    let mut chunk = [0u8; 2048];
+    loop {
+        match clienthello::parse(buf) {
+            Parse::Hello(h) => return Ok(h),
+            Parse::Invalid(why) => return Err(Early::Invalid(why)),
+            Parse::Incomplete if buf.len() >= clienthello::MAX_BUFFER => {
+                return Err(Early::Invalid("ClientHello too long"))
+            }
+            Parse::Incomplete => {}
+        }
+        let room = (clienthello::MAX_BUFFER - buf.len()).min(chunk.len());
+        match client.read(&mut chunk[..room]).await {
+            Ok(0) => return Err(Early::Invalid("closed before a whole ClientHello")),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) => return Err(Early::Io(e)),
+        }
+    }
+}
+
+/// Runs `fut`, or gives `Early::TimedOut` at `deadline`.
+async fn by<T>(
+    deadline: Instant,
+    fut: impl std::future::Future<Output = Result<T, Early>>,
+) -> Result<T, Early> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    futures_lite::future::or(fut, async {
+        glommio::timer::sleep(left).await;
+        Err(Early::TimedOut)
+    })
+    .await
+}
+
+async fn send_alert(client: &mut TcpStream, description: u8) {
+    let _ = client.write_all(&clienthello::alert(description)).await;
+    let _ = client.close().await;
+}
+
+async fn connection(
+    ctx: &ShardCtx,
+    tls: &ShardTls,
+    mut client: TcpStream,
+    local: Option<SocketAddr>,
+    listener_passthrough: bool,
+) {
+    let Ok(peer) = client.peer_addr() else {
+        return;
+    };
+    let _ = client.set_nodelay(true);
+    let m = ctx.metrics();
+    m.proxy_accepted.inc();
+    m.proxy_active.add(1);
+    let _active = ActiveGuard(&m.proxy_active);
+    let cfg = &ctx.cfg;
+    let deadline = Instant::now() + cfg.tls.handshake_timeout;
+    let mut buf = Vec::with_capacity(2048);
+    // A handshake slot is held from the first byte read until the handshake is over.
+    let first = by(deadline, async {
+        let slot = tls
+            .handshakes
+            .acquire_static_permit(1)
+            .await
+            .map_err(|_| Early::TimedOut)?;
+        let hello = read_hello(&mut client, &mut buf).await?;
+        Ok((slot, hello))
+    })
+    .await;
+    let (slot, hello) = match first {
+        Ok(x) => x,
+        Err(e) => {
+            m.tls_failures.inc();
+            match e {
+                Early::Invalid(why) => {
+                    log::debug!("tls {peer}: {why}; decode_error");
+                    send_alert(&mut client, clienthello::ALERT_DECODE_ERROR).await;
+                }
+                Early::TimedOut => log::debug!("tls {peer}: no ClientHello in time; closing"),
+                Early::Io(e) => log::debug!("tls {peer}: {e}"),
+            }
+            return;
+        }
+    };
+    let decision = {
+        let snap = ctx.cell.load();
+        route(
+            cfg,
+            hello.sni.as_deref(),
+            |app| snap.app(app).is_some(),
+            listener_passthrough,
+        )
+    };
+    let Decision::Forward {
+        app,
+        passthrough,
+        proxy_v2,
+    } = decision
+    else {
+        m.tls_failures.inc();
+        log::debug!("tls {peer}: no app for {:?}; unrecognized_name", hello.sni);
+        send_alert(&mut client, clienthello::ALERT_UNRECOGNIZED_NAME).await;
+        return;
+    };
+    let header =
+        proxy_v2.then(|| crate::proxy::proxy_protocol::v2_header(peer, local.unwrap_or(peer)));
+    if passthrough {
+        drop(slot);
+        let Some((mut backend, live)) = connect_backend(ctx, peer.ip(), app.as_deref()).await
+        else {
+            m.proxy_failed.inc();
+            return;
+        };
+        let _ = backend.set_nodelay(true);
+        if let Some((h, n)) = &header {
+            if backend.write_all(&h[..*n]).await.is_err() {
+                return;
+            }
+        }
+        if backend.write_all(&buf).await.is_err() {
+            return;
+        }
+        let opts = Options {
+            mode: cfg.splice,
+            pipe_size: cfg.splice_pipe_size,
+            idle: cfg.idle_timeout,
+        };
+        let out = forward(client, backend, opts).await;
+        m.proxy_bytes_to_backend.add(out.up + buf.len() as u64);
+        m.proxy_bytes_to_client.add(out.down);
+        drop(live);
+        return;
+    }
+    let stream = Replay {
+        head: buf,
+        pos: 0,
+        io: client,
+    };
+    let accepted = by(deadline, async {
+        tls.acceptor.accept(stream).await.map_err(Early::Io)
+    })
+    .await;
+    drop(slot);
+    let mut tls_stream = match accepted {
+        Ok(s) => s,
+        Err(e) => {
+            m.tls_failures.inc();
+            match e {
+                Early::TimedOut => log::debug!("tls {peer}: handshake timed out"),
+                Early::Io(e) => log::debug!("tls {peer}: handshake failed: {e}"),
+                Early::Invalid(_) => {}
+            }
+            return;
+        }
+    };
+    m.tls_handshakes.inc();
+    let Some((mut backend, live)) = connect_backend(ctx, peer.ip(), app.as_deref()).await else {
+        m.proxy_failed.inc();
+        log::debug!("tls {peer}: no backend reachable (app {app:?}); closing");
+        let _ = tls_stream.close().await;
+        return;
+    };
+    let _ = backend.set_nodelay(true);
+    if let Some((h, n)) = &header {
+        if backend.write_all(&h[..*n]).await.is_err() {
+            return;
+        }
+    }
+    let out = relay::relay(&mut tls_stream, &mut backend, cfg.idle_timeout).await;
+    m.proxy_bytes_to_backend.add(out.up);
+    m.proxy_bytes_to_client.add(out.down);
+    if let Err(e) = &out.result {
+        log::debug!(
+            "tls {peer} <-> {}: ended: {e} ({} B up, {} B down)",
+            live.backend().id,
+            out.up,
+            out.down
+        );
+    }
+    drop(live);
+}
+
+/// The client's stream with the bytes already read (the ClientHello) put back in front.
+struct Replay {
+    head: Vec<u8>,
+    pos: usize,
+    io: TcpStream,
+}
+
+impl AsyncRead for Replay {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.pos < this.head.len() {
+            let n = out.len().min(this.head.len() - this.pos);
+            out[..n].copy_from_slice(&this.head[this.pos..this.pos + n]);
+            this.pos += n;
+            if this.pos == this.head.len() {
+                this.head = Vec::new();
+                this.pos = 0;
+            }
+            return Poll::Ready(Ok(n));
+        }
+        Pin::new(&mut this.io).poll_read(cx, out)
+    }
+}
+
+impl AsyncWrite for Replay {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, b)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_close(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Args;
+    use clap::Parser;
+
+    fn cfg(args: &[&str]) -> Config {
+        let mut full = vec!["edgeproxy"];
+        full.extend_from_slice(args);
+        Config::from_args(Args::parse_from(full), &[0]).unwrap()
+    }
+
+    fn fwd(app: Option<&str>, passthrough: bool, proxy_v2: bool) -> Decision {
+        Decision::Forward {
+            app: app.map(str::to_string),
+            passthrough,
+            proxy_v2,
+        }
+    }
+
+    #[test]
+    fn sni_selects_the_app() {
+        let c = cfg(&[
+            "--tls-route=www.example.com=web.pop",
+            "--tls-route=db.example.com=db.pop:passthrough:proxy-v2",
+        ]);
+        let exists = |a: &str| a == "gru.pop" || a == "web.pop";
+        assert_eq!(
+            route(&c, Some("gru.pop.internal"), exists, false),
+            fwd(Some("gru.pop"), false, false)
+        );
+        assert_eq!(
+            route(&c, Some("www.example.com"), exists, false),
+            fwd(Some("web.pop"), false, false)
+        );
+        assert_eq!(
+            route(&c, Some("db.example.com"), exists, false),
+            fwd(Some("db.pop"), true, true)
+        );
+        // No such app, no such route: refused. No SNI: every app.
+        assert_eq!(
+            route(&c, Some("iad.pop.internal"), exists, false),
+            Decision::Unrecognized
+        );
+        assert_eq!(
+            route(&c, Some("internal"), exists, false),
+            Decision::Unrecognized
+        );
+        assert_eq!(
+            route(&c, Some("x.example.org"), exists, false),
+            Decision::Unrecognized
+        );
+        assert_eq!(route(&c, None, exists, true), fwd(None, true, false));
+    }
+
+    #[test]
+    fn the_default_app_takes_unknown_names() {
+        let c = cfg(&["--tls-default-app=gru.pop", "--tls-proxy-protocol=true"]);
+        assert_eq!(
+            route(&c, Some("nothing.example"), |_| false, false),
+            fwd(Some("gru.pop"), false, true)
+        );
+        assert_eq!(
+            route(&c, None, |_| false, false),
+            fwd(Some("gru.pop"), false, true)
+        );
+    }
+}
