@@ -118,6 +118,186 @@ pub fn wait_signal_timeout(
     Ok(Some(rc))
 }
 
+/// Many datagrams in one system call each way (`recvmmsg(2)` / `sendmmsg(2)`), for a UDP
+/// server draining a burst. Buffers are allocated once; the kernel structures pointing into
+/// them are rebuilt on every call, so nothing dangles if the batch moves between calls.
+pub struct UdpBatch {
+    rx: Box<[u8]>,
+    rx_size: usize,
+    lens: Box<[usize]>,
+    addrs: Box<[libc::sockaddr_storage]>,
+    addr_lens: Box<[libc::socklen_t]>,
+    /// One answer per slot; empty = nothing to send for that slot.
+    pub out: Box<[Vec<u8>]>,
+    // Scratch for the kernel structures, reused so a call allocates nothing.
+    iovs: Vec<libc::iovec>,
+    hdrs: Vec<libc::mmsghdr>,
+    idx: Vec<usize>,
+}
+
+impl UdpBatch {
+    /// A batch of `slots` datagrams of at most `rx_size` bytes each.
+    pub fn new(slots: usize, rx_size: usize, out_capacity: usize) -> UdpBatch {
+        UdpBatch {
+            rx: vec![0u8; slots * rx_size].into_boxed_slice(),
+            rx_size,
+            lens: vec![0; slots].into_boxed_slice(),
+            // SAFETY: sockaddr_storage is plain old data; all-zero is a valid (AF_UNSPEC) value.
+            addrs: vec![unsafe { std::mem::zeroed() }; slots].into_boxed_slice(),
+            addr_lens: vec![0; slots].into_boxed_slice(),
+            out: (0..slots)
+                .map(|_| Vec::with_capacity(out_capacity))
+                .collect(),
+            iovs: Vec::with_capacity(slots),
+            hdrs: Vec::with_capacity(slots),
+            idx: Vec::with_capacity(slots),
+        }
+    }
+
+    pub fn slots(&self) -> usize {
+        self.lens.len()
+    }
+
+    /// Receives up to `slots` datagrams without waiting. `Ok(0)` when none is queued.
+    pub fn recv(&mut self, fd: std::os::fd::RawFd) -> io::Result<usize> {
+        let slots = self.slots();
+        self.iovs.clear();
+        for i in 0..slots {
+            self.iovs.push(libc::iovec {
+                iov_base: self.rx[i * self.rx_size..].as_mut_ptr().cast(),
+                iov_len: self.rx_size,
+            });
+        }
+        self.hdrs.clear();
+        for i in 0..slots {
+            // SAFETY: mmsghdr is plain old data; zeroed is a valid empty header.
+            let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            h.msg_hdr.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
+            h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as u32;
+            h.msg_hdr.msg_iov = &mut self.iovs[i];
+            h.msg_hdr.msg_iovlen = 1;
+            self.hdrs.push(h);
+        }
+        let hdrs = &mut self.hdrs;
+        // SAFETY: every header points at a live iovec and address slot owned by `self`/`iovs`,
+        // each iovec at a distinct rx_size region of `self.rx`; all outlive the call.
+        let n = unsafe {
+            libc::recvmmsg(
+                fd,
+                hdrs.as_mut_ptr(),
+                slots as u32,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return if e.kind() == io::ErrorKind::WouldBlock {
+                Ok(0)
+            } else {
+                Err(e)
+            };
+        }
+        let n = n as usize;
+        for (i, h) in hdrs.iter().take(n).enumerate() {
+            self.lens[i] = h.msg_len as usize;
+            self.addr_lens[i] = h.msg_hdr.msg_namelen;
+        }
+        Ok(n)
+    }
+
+    /// Datagram `i` of the last [`UdpBatch::recv`] (cut at `rx_size`) and its source.
+    pub fn datagram(&self, i: usize) -> (&[u8], Option<std::net::SocketAddr>) {
+        let data = &self.rx[i * self.rx_size..i * self.rx_size + self.lens[i].min(self.rx_size)];
+        (data, sockaddr_to_std(&self.addrs[i]))
+    }
+
+    /// Sends every non-empty `out[i]` (for i < `count`) to the source of datagram `i`. Returns
+    /// how many were handed to the kernel; the caller sends the rest another way.
+    pub fn send(&mut self, fd: std::os::fd::RawFd, count: usize) -> io::Result<usize> {
+        self.idx.clear();
+        self.idx
+            .extend((0..count).filter(|&i| !self.out[i].is_empty()));
+        self.iovs.clear();
+        for &i in &self.idx {
+            self.iovs.push(libc::iovec {
+                iov_base: self.out[i].as_ptr() as *mut libc::c_void,
+                iov_len: self.out[i].len(),
+            });
+        }
+        self.hdrs.clear();
+        for (k, &i) in self.idx.iter().enumerate() {
+            // SAFETY: as in `recv`: plain old data, zeroed is valid.
+            let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            h.msg_hdr.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
+            h.msg_hdr.msg_namelen = self.addr_lens[i];
+            h.msg_hdr.msg_iov = &mut self.iovs[k];
+            h.msg_hdr.msg_iovlen = 1;
+            self.hdrs.push(h);
+        }
+        let (hdrs, idx) = (&mut self.hdrs, &self.idx);
+        let mut sent = 0;
+        while sent < hdrs.len() {
+            // SAFETY: headers point at live iovecs, answers and addresses owned by `self`,
+            // which the kernel only reads; all outlive the call.
+            let n = unsafe {
+                libc::sendmmsg(
+                    fd,
+                    hdrs[sent..].as_mut_ptr(),
+                    (hdrs.len() - sent) as u32,
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n <= 0 {
+                let e = io::Error::last_os_error();
+                if n == 0 || e.kind() == io::ErrorKind::WouldBlock {
+                    break;
+                }
+                // One bad destination must not stop the others: skip it.
+                sent += 1;
+                continue;
+            }
+            sent += n as usize;
+        }
+        // Mark what went out; what is left stays in `out` for the caller.
+        for &i in &idx[..sent.min(idx.len())] {
+            self.out[i].clear();
+        }
+        Ok(sent)
+    }
+}
+
+/// A socket address from a `sockaddr_storage` filled by the kernel.
+fn sockaddr_to_std(ss: &libc::sockaddr_storage) -> Option<std::net::SocketAddr> {
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+    match ss.ss_family as libc::c_int {
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a sockaddr_in, which it is large
+            // and aligned enough for.
+            let sin =
+                unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                ip,
+                u16::from_be(sin.sin_port),
+            )))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: as above, for sockaddr_in6.
+            let sin6 =
+                unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            let ip = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                ip,
+                u16::from_be(sin6.sin6_port),
+                sin6.sin6_flowinfo,
+                sin6.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
 /// Whether the process runs as root (effective uid 0).
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.

@@ -234,3 +234,51 @@ fn tcp_connections_beyond_the_cap_are_closed() {
         assert!(std::time::Instant::now() < deadline, "no slot came back");
     }
 }
+
+/// A burst queued at once is drained in batches (recvmmsg/sendmmsg): every query is answered,
+/// each to its own sender and with its own id, none lost or mixed up.
+#[test]
+fn a_burst_of_queries_is_answered_completely() {
+    use std::collections::BTreeSet;
+    let hub = Hub::start(&[]);
+    hub.register("pop-gru", "gru.pop", "sa", "10.50.1.1", 80);
+    let socks: Vec<std::net::UdpSocket> = (0..4)
+        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+        .collect();
+    for s in &socks {
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+    }
+    for id in 0..400u16 {
+        let s = &socks[usize::from(id) % socks.len()];
+        let name = if id % 5 == 0 {
+            "nope.internal"
+        } else {
+            "gru.pop.internal"
+        };
+        s.send_to(&common::dns_query(id, name, 1, None), hub.dns)
+            .unwrap();
+    }
+    let mut seen = BTreeSet::new();
+    for (k, s) in socks.iter().enumerate() {
+        for _ in 0..100 {
+            let mut buf = [0u8; 1500];
+            let (n, _) = s.recv_from(&mut buf).expect("an answer for every query");
+            let p = dns_parser::Packet::parse(&buf[..n]).unwrap();
+            let id = p.header.id;
+            assert_eq!(
+                usize::from(id) % socks.len(),
+                k,
+                "answer {id} reached the wrong socket"
+            );
+            let expected = if id % 5 == 0 {
+                dns_parser::ResponseCode::NameError
+            } else {
+                dns_parser::ResponseCode::NoError
+            };
+            assert_eq!(p.header.response_code, expected, "query {id}");
+            assert!(seen.insert(id), "answer {id} twice");
+        }
+    }
+    assert_eq!(seen.len(), 400);
+}

@@ -35,15 +35,64 @@ pub const UDP_RECV_SIZE: usize = 4096;
 /// error cannot spin the shard.
 const ERROR_BACKOFF: Duration = Duration::from_millis(10);
 
+/// Datagrams taken per `recvmmsg` when a burst is queued.
+const UDP_BATCH: usize = 32;
+
+/// Answers one UDP query into `out` and counts it; `false` when there is nothing to send.
+fn answer_udp(
+    ctx: &ShardCtx,
+    zone: &Zone,
+    ex: &Exchange,
+    query: &[u8],
+    peer: std::net::SocketAddr,
+    out: &mut Vec<u8>,
+) -> bool {
+    out.clear();
+    let (outcome, qtype) = {
+        let snap = ctx.cell.load();
+        respond_typed(query, zone, &snap, ex, out)
+    };
+    let m = ctx.metrics();
+    m.dns_udp_queries.inc();
+    count(m, outcome, qtype);
+    match outcome {
+        Outcome::Dropped => {
+            log::debug!(
+                "dns/udp: dropped a {}-byte packet from {peer}: not a query",
+                query.len()
+            );
+            out.clear();
+            false
+        }
+        Outcome::Answered {
+            rcode: wire::Rcode::FormErr,
+            ..
+        } => {
+            log::debug!("dns/udp: malformed {}-byte query from {peer}", query.len());
+            true
+        }
+        Outcome::Answered { .. } => true,
+    }
+}
+
 /// Serves DNS over UDP on this shard's socket until the process stops.
+///
+/// The first datagram after a quiet spell is awaited the glommio way (an io_uring readiness
+/// wait); after answering it, whatever else is queued is drained with `recvmmsg` and answered
+/// with one `sendmmsg` per batch, so a busy shard makes two system calls per 32 queries
+/// instead of two per query.
 pub async fn serve_udp(ctx: Rc<ShardCtx>, sock: glommio::net::UdpSocket) {
+    use std::os::fd::AsRawFd;
     let zone = Zone::from_config(&ctx.cfg);
     let server = sock.local_addr().ok().map(|a| a.ip()).filter(known);
     let transport = Transport::Udp {
         max_size: zone.max_udp_size(),
     };
+    let fd = sock.as_raw_fd();
     let mut rx = vec![0u8; UDP_RECV_SIZE];
     let mut out = Vec::with_capacity(usize::from(zone.max_udp_size()));
+    let mut batch =
+        crate::sys::UdpBatch::new(UDP_BATCH, UDP_RECV_SIZE, usize::from(zone.max_udp_size()));
     loop {
         let (n, peer) = match sock.recv_from(&mut rx).await {
             Ok(r) => r,
@@ -53,33 +102,68 @@ pub async fn serve_udp(ctx: Rc<ShardCtx>, sock: glommio::net::UdpSocket) {
                 continue;
             }
         };
-        out.clear();
         let ex = Exchange {
             client: peer.ip(),
             server,
             transport,
             now_ms: crate::clock::now_ms(),
         };
-        let (outcome, qtype) = {
-            let snap = ctx.cell.load();
-            respond_typed(&rx[..n], &zone, &snap, &ex, &mut out)
-        };
-        let m = ctx.metrics();
-        m.dns_udp_queries.inc();
-        count(m, outcome, qtype);
-        match outcome {
-            Outcome::Dropped => {
-                log::debug!("dns/udp: dropped a {n}-byte packet from {peer}: not a query");
-                continue;
+        if answer_udp(&ctx, &zone, &ex, &rx[..n], peer, &mut out) {
+            if let Err(e) = sock.send_to(&out, peer).await {
+                log::debug!("dns/udp: cannot answer {peer}: {e}");
             }
-            Outcome::Answered {
-                rcode: wire::Rcode::FormErr,
-                ..
-            } => log::debug!("dns/udp: malformed {n}-byte query from {peer}"),
-            Outcome::Answered { .. } => {}
         }
-        if let Err(e) = sock.send_to(&out, peer).await {
-            log::debug!("dns/udp: cannot answer {peer}: {e}");
+        // Drain the burst behind it, a batch at a time, without waiting.
+        loop {
+            let got = match batch.recv(fd) {
+                Ok(got) => got,
+                Err(e) => {
+                    log::debug!("dns/udp: batch receive failed: {e}");
+                    break;
+                }
+            };
+            if got == 0 {
+                break;
+            }
+            let now_ms = crate::clock::now_ms();
+            for i in 0..got {
+                // The answer buffer is moved out while the query is borrowed from the batch.
+                let mut reply = std::mem::take(&mut batch.out[i]);
+                reply.clear();
+                let (query, peer) = batch.datagram(i);
+                if let Some(peer) = peer {
+                    let ex = Exchange {
+                        client: peer.ip(),
+                        server,
+                        transport,
+                        now_ms,
+                    };
+                    answer_udp(&ctx, &zone, &ex, query, peer, &mut reply);
+                }
+                batch.out[i] = reply;
+            }
+            let sent = batch.send(fd, got).unwrap_or(0);
+            // Whatever the kernel did not take (a full socket buffer) goes the waiting way.
+            if sent < got {
+                for i in 0..got {
+                    if batch.out[i].is_empty() {
+                        continue;
+                    }
+                    if let (_, Some(peer)) = batch.datagram(i) {
+                        let reply = std::mem::take(&mut batch.out[i]);
+                        if let Err(e) = sock.send_to(&reply, peer).await {
+                            log::debug!("dns/udp: cannot answer {peer}: {e}");
+                        }
+                        batch.out[i] = reply;
+                        batch.out[i].clear();
+                    }
+                }
+            }
+            if got < batch.slots() {
+                break;
+            }
+            // A long burst must not starve the shard's other tasks.
+            glommio::yield_if_needed().await;
         }
     }
 }
