@@ -398,6 +398,11 @@ pub struct Args {
     #[arg(long, env = "EDGEPROXY_PERSIST", default_value = "true", value_parser = parse_bool, action = clap::ArgAction::Set)]
     pub persist: bool,
 
+    /// Take over the listening sockets of the hub running on the same --state-dir, then let it
+    /// drain: a restart that refuses no connection and loses no DNS query.
+    #[arg(long, env = "EDGEPROXY_TAKEOVER", default_value = "false", value_parser = parse_bool, action = clap::ArgAction::Set)]
+    pub takeover: bool,
+
     /// Seconds open connections get to finish after SIGTERM/SIGINT before the process exits.
     #[arg(long, env = "EDGEPROXY_DRAIN_TIMEOUT_SECS", default_value_t = 30)]
     pub drain_timeout_secs: u64,
@@ -459,6 +464,8 @@ pub struct Config {
     pub api_idle_timeout: Duration,
     pub dns_tcp_max_connections: usize,
     pub dns_tcp_idle_timeout: Duration,
+    /// Take over the sockets of the hub running on the same state directory.
+    pub takeover: bool,
     /// How long open connections get to finish on shutdown.
     pub drain_timeout: Duration,
     /// API bearer tokens and what they protect.
@@ -647,6 +654,7 @@ impl Config {
             dns_tcp_idle_timeout: Duration::from_secs(args.dns_tcp_idle_timeout_secs.max(1)),
             api_auth,
             drain_timeout: Duration::from_secs(args.drain_timeout_secs),
+            takeover: args.takeover,
             state_dir: match (args.persist, args.state_dir) {
                 (false, _) => None,
                 (true, Some(dir)) => Some(dir),

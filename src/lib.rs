@@ -31,6 +31,7 @@ pub mod config;
 pub mod dns;
 pub mod doctor;
 pub mod geo;
+pub mod handover;
 pub mod metrics;
 pub mod names;
 pub mod notify;

@@ -172,6 +172,7 @@ fn main() -> ExitCode {
                     &metrics,
                     log_cfg.drain_timeout,
                     log_cfg.api_listen_addr.is_some(),
+                    log_cfg.state_dir.as_deref(),
                 );
             }
             Err(e) => {
@@ -186,8 +187,18 @@ const SIGNALS: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
 
 /// Stops accepting, waits for open forwarded connections and the registry flush (bounded by
 /// `timeout`), then exits 0. A second SIGTERM/SIGINT exits at once.
-fn drain(metrics: &Metrics, timeout: Duration, has_registry: bool) -> ExitCode {
+fn drain(
+    metrics: &Metrics,
+    timeout: Duration,
+    has_registry: bool,
+    state_dir: Option<&std::path::Path>,
+) -> ExitCode {
     shutdown::begin();
+    // Without a successor the listening sockets must really close: drop the duplicates kept
+    // for a takeover (a no-op after a handover).
+    if let Some(dir) = state_dir {
+        edgeproxy::handover::release(dir);
+    }
     edgeproxy::notify::stopping();
     let deadline = Instant::now() + timeout;
     loop {

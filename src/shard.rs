@@ -134,17 +134,52 @@ fn local_addr(sock: &Socket) -> io::Result<SocketAddr> {
 }
 
 /// Binds `n` TCP listeners on `addr` (resolving port 0 with the first).
+/// Sockets inherited from the previous process (`--takeover`), used instead of binding anew
+/// when kind, address and shard match.
+#[derive(Default)]
+struct Binder {
+    inherited: Vec<Option<crate::handover::Inherited>>,
+}
+
+impl Binder {
+    /// The inherited socket of `kind` for `shard` on `addr` (port 0 matches any port).
+    fn take(&mut self, kind: &str, addr: SocketAddr, shard: usize) -> Option<Socket> {
+        let slot = self.inherited.iter_mut().find(|s| {
+            s.as_ref().is_some_and(|s| {
+                s.what.kind == kind
+                    && s.what.shard == shard
+                    && s.what.addr.ip() == addr.ip()
+                    && (addr.port() == 0 || s.what.addr.port() == addr.port())
+            })
+        })?;
+        slot.take().map(|s| Socket::from(s.fd))
+    }
+
+    /// Inherited sockets nothing matched: closed (a smaller shard count, a changed address).
+    fn leftovers(&mut self) -> Vec<crate::handover::Describe> {
+        self.inherited.drain(..).flatten().map(|s| s.what).collect()
+    }
+}
+
 fn bind_tcp_n(
     what: &str,
+    kind: &str,
     addr: SocketAddr,
     n: usize,
     backlog: i32,
+    binder: &mut Binder,
 ) -> Result<(SocketAddr, Vec<Socket>), StartError> {
-    let first = tcp_listener(addr, backlog).map_err(|e| bind_error(what, addr, e))?;
+    let first = match binder.take(kind, addr, 0) {
+        Some(sock) => sock,
+        None => tcp_listener(addr, backlog).map_err(|e| bind_error(what, addr, e))?,
+    };
     let bound = local_addr(&first).map_err(|e| bind_error(what, addr, e))?;
     let mut socks = vec![first];
-    for _ in 1..n {
-        socks.push(tcp_listener(bound, backlog).map_err(|e| bind_error(what, bound, e))?);
+    for i in 1..n {
+        socks.push(match binder.take(kind, bound, i) {
+            Some(sock) => sock,
+            None => tcp_listener(bound, backlog).map_err(|e| bind_error(what, bound, e))?,
+        });
     }
     Ok((bound, socks))
 }
@@ -154,7 +189,28 @@ fn bind_dns(
     addr: SocketAddr,
     n: usize,
     backlog: i32,
+    binder: &mut Binder,
 ) -> Result<(SocketAddr, Vec<Socket>, Vec<Socket>), StartError> {
+    if let Some(first) = binder.take("dns-udp", addr, 0) {
+        let bound = local_addr(&first).map_err(|e| bind_error("DNS (udp)", addr, e))?;
+        let mut udp = vec![first];
+        let mut tcp = Vec::with_capacity(n);
+        for i in 0..n {
+            if i > 0 {
+                udp.push(match binder.take("dns-udp", bound, i) {
+                    Some(s) => s,
+                    None => udp_socket(bound).map_err(|e| bind_error("DNS (udp)", bound, e))?,
+                });
+            }
+            tcp.push(match binder.take("dns-tcp", bound, i) {
+                Some(s) => s,
+                None => {
+                    tcp_listener(bound, backlog).map_err(|e| bind_error("DNS (tcp)", bound, e))?
+                }
+            });
+        }
+        return Ok((bound, udp, tcp));
+    }
     // With port 0 the UDP port the kernel picks may be taken on TCP: try a few.
     let attempts = if addr.port() == 0 { 16 } else { 1 };
     let mut last_err = None;
@@ -181,11 +237,21 @@ fn bind_dns(
 }
 
 /// Binds every listener of every shard.
-fn bind_all(cfg: &Config) -> Result<(BoundAddrs, Vec<ShardSockets>), StartError> {
+fn bind_all(
+    cfg: &Config,
+    binder: &mut Binder,
+) -> Result<(BoundAddrs, Vec<ShardSockets>), StartError> {
     let n = cfg.shards;
     let mut shards: Vec<ShardSockets> = (0..n).map(|_| ShardSockets::default()).collect();
 
-    let (proxy, socks) = bind_tcp_n("the TCP proxy", cfg.listen_addr, n, cfg.backlog)?;
+    let (proxy, socks) = bind_tcp_n(
+        "the TCP proxy",
+        "proxy",
+        cfg.listen_addr,
+        n,
+        cfg.backlog,
+        binder,
+    )?;
     for (s, sock) in shards.iter_mut().zip(socks) {
         s.proxies.push((sock, None));
     }
@@ -193,7 +259,8 @@ fn bind_all(cfg: &Config) -> Result<(BoundAddrs, Vec<ShardSockets>), StartError>
     for route in &cfg.routes {
         let addr = SocketAddr::new(cfg.listen_addr.ip(), route.port);
         let what = format!("the TCP route for {}", route.app);
-        let (bound, socks) = bind_tcp_n(&what, addr, n, cfg.backlog)?;
+        let kind = format!("route:{}", route.app);
+        let (bound, socks) = bind_tcp_n(&what, &kind, addr, n, cfg.backlog, binder)?;
         for (s, sock) in shards.iter_mut().zip(socks) {
             s.proxies.push((sock, Some(route.app.clone())));
         }
@@ -201,7 +268,7 @@ fn bind_all(cfg: &Config) -> Result<(BoundAddrs, Vec<ShardSockets>), StartError>
     }
     let dns = match cfg.dns_listen_addr {
         Some(addr) => {
-            let (bound, udp, tcp) = bind_dns(addr, n, cfg.backlog)?;
+            let (bound, udp, tcp) = bind_dns(addr, n, cfg.backlog, binder)?;
             for ((s, u), t) in shards.iter_mut().zip(udp).zip(tcp) {
                 s.dns_udp = Some(u);
                 s.dns_tcp = Some(t);
@@ -213,14 +280,21 @@ fn bind_all(cfg: &Config) -> Result<(BoundAddrs, Vec<ShardSockets>), StartError>
     let mut tls = None;
     let mut tls_passthrough = Vec::new();
     if let Some(addr) = cfg.tls.listen_addr {
-        let (bound, socks) = bind_tcp_n("TLS", addr, n, cfg.backlog)?;
+        let (bound, socks) = bind_tcp_n("TLS", "tls", addr, n, cfg.backlog, binder)?;
         for (s, sock) in shards.iter_mut().zip(socks) {
             s.tls.push((sock, false));
         }
         tls = Some(bound);
         for &port in &cfg.tls.passthrough_ports {
             let addr = SocketAddr::new(addr.ip(), port);
-            let (bound, socks) = bind_tcp_n("TLS passthrough", addr, n, cfg.backlog)?;
+            let (bound, socks) = bind_tcp_n(
+                "TLS passthrough",
+                "tls-passthrough",
+                addr,
+                n,
+                cfg.backlog,
+                binder,
+            )?;
             for (s, sock) in shards.iter_mut().zip(socks) {
                 s.tls.push((sock, true));
             }
@@ -229,7 +303,7 @@ fn bind_all(cfg: &Config) -> Result<(BoundAddrs, Vec<ShardSockets>), StartError>
     }
     let api = match cfg.api_listen_addr {
         Some(addr) => {
-            let (bound, mut socks) = bind_tcp_n("the API", addr, 1, 1024)?;
+            let (bound, mut socks) = bind_tcp_n("the API", "api", addr, 1, 1024, binder)?;
             shards[0].api = socks.pop();
             Some(bound)
         }
@@ -304,7 +378,45 @@ pub fn start(cfg: Config) -> Result<Hub, StartError> {
         Some(_) => Some(crate::tls::TlsShared::new(&cfg).map_err(|e| StartError(e.0))?),
         None => None,
     };
-    let (addrs, sockets) = bind_all(&cfg)?;
+    let mut binder = Binder::default();
+    if cfg.takeover {
+        let Some(dir) = &cfg.state_dir else {
+            return Err(StartError(
+                "--takeover needs persistence: the running hub is found through its --state-dir"
+                    .into(),
+            ));
+        };
+        match crate::handover::take(dir) {
+            Ok(Some(socks)) => {
+                log::info!(
+                    "takeover: received {} listening sockets from the hub running on {}",
+                    socks.len(),
+                    dir.display()
+                );
+                binder.inherited = socks.into_iter().map(Some).collect();
+            }
+            Ok(None) => log::info!(
+                "takeover: no hub is running on {}; starting fresh",
+                dir.display()
+            ),
+            Err(e) => {
+                return Err(StartError(format!(
+                    "takeover from the hub running on {} failed: {e}",
+                    dir.display()
+                )))
+            }
+        }
+    }
+    let (addrs, sockets) = bind_all(&cfg, &mut binder)?;
+    for d in binder.leftovers() {
+        log::warn!(
+            "takeover: closing the inherited {} socket {} of shard {}: this hub has no use for it (connections queued on it are lost)",
+            d.kind,
+            d.addr,
+            d.shard
+        );
+    }
+    let handover_fds = describe(&sockets);
     let cfg = Arc::new(cfg);
     let cell = Arc::new(SnapshotCell::new());
     // The registry is built (and restored from disk) before any shard runs, so no shard ever
@@ -317,7 +429,13 @@ pub fn start(cfg: Config) -> Result<Hub, StartError> {
     );
     let mut recovered = match &cfg.state_dir {
         Some(dir) => {
-            let mut r = crate::store::recover(dir).map_err(|e| StartError(e.0))?;
+            // A hub handing over to us releases the directory once its registry is flushed.
+            let wait = if cfg.takeover {
+                Duration::from_secs(60)
+            } else {
+                Duration::ZERO
+            };
+            let mut r = crate::store::recover(dir, wait).map_err(|e| StartError(e.0))?;
             if let Some((bytes, why)) = &r.discarded {
                 log::warn!(
                     "state: cut {bytes} bytes from the end of the registry log ({why}); kept every record before it"
@@ -376,6 +494,15 @@ pub fn start(cfg: Config) -> Result<Hub, StartError> {
             Err(_) => return Err(StartError("a shard stopped during startup".into())),
         }
     }
+    // Every shard serves: from now on a successor may take our sockets over.
+    if let Some(dir) = &cfg.state_dir {
+        if let Err(e) = crate::handover::serve(dir, handover_fds) {
+            log::warn!(
+                "cannot offer takeover on {}: {e}; restarts will not be seamless",
+                dir.display()
+            );
+        }
+    }
     Ok(Hub {
         addrs,
         cell,
@@ -383,6 +510,46 @@ pub fn start(cfg: Config) -> Result<Hub, StartError> {
         tls,
         handles,
     })
+}
+
+/// A duplicate of every listening socket with what it is, kept for a successor (`--takeover`).
+fn describe(shards: &[ShardSockets]) -> Vec<(crate::handover::Describe, std::os::fd::OwnedFd)> {
+    let mut out = Vec::new();
+    let mut add = |kind: String, sock: &Socket, shard: usize| {
+        if let (Ok(addr), Ok(dup)) = (local_addr(sock), sock.try_clone()) {
+            out.push((
+                crate::handover::Describe { kind, addr, shard },
+                std::os::fd::OwnedFd::from(dup),
+            ));
+        }
+    };
+    for (i, s) in shards.iter().enumerate() {
+        for (sock, app) in &s.proxies {
+            let kind = match app {
+                Some(app) => format!("route:{app}"),
+                None => "proxy".into(),
+            };
+            add(kind, sock, i);
+        }
+        if let Some(sock) = &s.dns_udp {
+            add("dns-udp".into(), sock, i);
+        }
+        if let Some(sock) = &s.dns_tcp {
+            add("dns-tcp".into(), sock, i);
+        }
+        if let Some(sock) = &s.api {
+            add("api".into(), sock, i);
+        }
+        for (sock, passthrough) in &s.tls {
+            let kind = if *passthrough {
+                "tls-passthrough"
+            } else {
+                "tls"
+            };
+            add(kind.into(), sock, i);
+        }
+    }
+    out
 }
 
 /// Converts a bound socket into a glommio listener on the current executor.
@@ -434,6 +601,8 @@ async fn run_shard(
         }
     }
     if let Some(sock) = socks.dns_udp {
+        // DNS over UDP keeps answering while draining, until a successor that took the same
+        // sockets over reads them instead.
         tasks.push(glommio::spawn_local(crate::dns::serve_udp(
             ctx.clone(),
             glommio_udp(sock),

@@ -37,9 +37,25 @@ pub async fn drain_started() {
     }
 }
 
-/// Runs `fut` until it completes or draining starts, whichever is first.
+/// Runs an accept loop until it completes or draining starts, whichever is first; dropping it
+/// closes its listener.
+///
+/// After a handover the loop is *not* dropped: its listener is shared with the successor, and
+/// dropping an accept that io_uring is already carrying out would lose the connection it takes.
+/// Each accept loop instead stops by itself after its next connection ([`stop_accepting`]).
 pub async fn until_drain(fut: impl Future<Output = ()>) {
-    futures_lite::future::or(fut, drain_started()).await
+    let stop = async {
+        while !draining() || crate::handover::handed_over() {
+            glommio::timer::sleep(POLL).await;
+        }
+    };
+    futures_lite::future::or(fut, stop).await
+}
+
+/// Whether an accept loop should stop after serving the connection it just accepted.
+#[inline]
+pub fn stop_accepting() -> bool {
+    draining()
 }
 
 /// Called by the API shard once every change is durable after draining started.

@@ -197,7 +197,7 @@ fn err(what: &str, path: &Path, e: impl fmt::Display) -> StoreError {
 
 /// Takes the state directory's lock, reads the snapshot and the log, and cuts a torn log tail.
 /// Runs on the main thread before the shards start.
-pub fn recover(dir: &Path) -> Result<Recovered, StoreError> {
+pub fn recover(dir: &Path, wait: std::time::Duration) -> Result<Recovered, StoreError> {
     std::fs::create_dir_all(dir).map_err(|e| {
         err(
             "cannot create the state directory",
@@ -213,13 +213,25 @@ pub fn recover(dir: &Path) -> Result<Recovered, StoreError> {
         .write(true)
         .open(&lock_path)
         .map_err(|e| err("the state directory is not writable:", &lock_path, e))?;
-    crate::sys::try_lock_exclusive(&lock).map_err(|e| {
-        err(
-            "the state directory is in use by another edgeproxy:",
-            dir,
-            format!("{e}; give each hub its own --state-dir"),
-        )
-    })?;
+    // A hub handing over to us releases the lock once its registry is flushed: wait that long.
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        match crate::sys::try_lock_exclusive(&lock) {
+            Ok(()) => break,
+            Err(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10))
+            }
+            Err(e) => {
+                return Err(err(
+                    "the state directory is in use by another edgeproxy:",
+                    dir,
+                    format!(
+                        "{e}; give each hub its own --state-dir, or start this one with --takeover"
+                    ),
+                ))
+            }
+        }
+    }
 
     let mut backends = BTreeMap::new();
     let snap_path = dir.join(SNAP_FILE);
@@ -334,7 +346,8 @@ pub struct Store {
     done: Signal,
     /// `fdatasync` calls made (for metrics and the group-commit figure).
     pub syncs: Cell<u64>,
-    _lock: std::fs::File,
+    /// The state directory's lock, released once the registry is flushed on shutdown.
+    lock: RefCell<Option<std::fs::File>>,
 }
 
 impl Store {
@@ -359,8 +372,14 @@ impl Store {
             busy: Cell::new(false),
             done: Signal::default(),
             syncs: Cell::new(0),
-            _lock: r.lock,
+            lock: RefCell::new(Some(r.lock)),
         })
+    }
+
+    /// Releases the state directory (after the final flush): a successor may now restore the
+    /// registry from it. Later commits fail, so nothing is acknowledged that it would not see.
+    pub fn release(&self) {
+        self.lock.borrow_mut().take();
     }
 
     /// Adds a record to the next batch.
@@ -378,6 +397,11 @@ impl Store {
     /// the write under way and then, if needed, writes the rest. One sync covers every record
     /// appended before it started.
     pub async fn commit(&self) -> io::Result<()> {
+        if self.lock.borrow().is_none() && self.has_pending() {
+            return Err(io::Error::other(
+                "the state directory was released for a successor",
+            ));
+        }
         let target = self.appended.get();
         loop {
             if self.durable.get() >= target {
@@ -614,7 +638,7 @@ mod tests {
             .unwrap()
             .write_all(&buf)
             .unwrap();
-        let r = recover(&dir).unwrap();
+        let r = recover(&dir, std::time::Duration::ZERO).unwrap();
         assert_eq!(r.backends.len(), 2);
         assert_eq!(r.log_len, good as u64);
         assert_eq!(r.discarded.as_ref().unwrap().0, 6);
@@ -623,10 +647,10 @@ mod tests {
             good as u64
         );
         // A second hub on the same directory is refused while the first holds it.
-        let e = recover(&dir).unwrap_err();
+        let e = recover(&dir, std::time::Duration::ZERO).unwrap_err();
         assert!(e.0.contains("in use by another edgeproxy"), "{e}");
         drop(r);
-        let again = recover(&dir).unwrap();
+        let again = recover(&dir, std::time::Duration::ZERO).unwrap();
         assert!(again.discarded.is_none());
         drop(again);
         let _ = std::fs::remove_dir_all(&dir);

@@ -298,6 +298,112 @@ fn sockaddr_to_std(ss: &libc::sockaddr_storage) -> Option<std::net::SocketAddr> 
     }
 }
 
+/// Sends `payload` and the descriptors `fds` in one message on a Unix stream socket
+/// (`SCM_RIGHTS`). At most 250 descriptors per call.
+pub fn send_fds(
+    sock: std::os::fd::RawFd,
+    payload: &[u8],
+    fds: &[std::os::fd::RawFd],
+) -> io::Result<()> {
+    assert!(fds.len() <= 250, "too many descriptors for one message");
+    let mut iov = libc::iovec {
+        iov_base: payload.as_ptr() as *mut libc::c_void,
+        iov_len: payload.len(),
+    };
+    let data_len = std::mem::size_of_val(fds) as u32;
+    // SAFETY: CMSG_SPACE is a pure size computation.
+    let space = unsafe { libc::CMSG_SPACE(data_len) } as usize;
+    let mut control = vec![0u8; space.max(1)];
+    // SAFETY: msghdr is plain old data; zeroed is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if !fds.is_empty() {
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = space;
+        // SAFETY: the control buffer is CMSG_SPACE(data_len) bytes, so the first header and
+        // its data fit; CMSG_FIRSTHDR/CMSG_DATA only compute addresses inside it.
+        unsafe {
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            (*cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(data_len) as usize;
+            std::ptr::copy_nonoverlapping(
+                fds.as_ptr().cast::<u8>(),
+                libc::CMSG_DATA(cmsg),
+                data_len as usize,
+            );
+        }
+    }
+    // SAFETY: msg points at live iov, payload and control buffers for the whole call.
+    let n = unsafe { libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if (n as usize) != payload.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::WriteZero,
+            "short handover message",
+        ));
+    }
+    Ok(())
+}
+
+/// Receives one message sent by [`send_fds`]: its payload (at most `max` bytes) and the
+/// descriptors it carried, each now owned by the caller.
+pub fn recv_fds(
+    sock: std::os::fd::RawFd,
+    max: usize,
+) -> io::Result<(Vec<u8>, Vec<std::os::fd::OwnedFd>)> {
+    use std::os::fd::FromRawFd;
+    let mut payload = vec![0u8; max];
+    let mut iov = libc::iovec {
+        iov_base: payload.as_mut_ptr().cast(),
+        iov_len: max,
+    };
+    // SAFETY: a pure size computation.
+    let space = unsafe { libc::CMSG_SPACE((250 * std::mem::size_of::<libc::c_int>()) as u32) };
+    let mut control = vec![0u8; space as usize];
+    // SAFETY: msghdr is plain old data; zeroed is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = control.len();
+    // SAFETY: msg points at live buffers for the whole call; MSG_CMSG_CLOEXEC marks received
+    // descriptors close-on-exec.
+    let n = unsafe { libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    payload.truncate(n as usize);
+    let mut fds = Vec::new();
+    // SAFETY: the kernel filled `control` (msg_controllen bytes); the CMSG_* walkers stay
+    // inside it, and each SCM_RIGHTS payload is an array of ints the kernel just installed
+    // in our table, so taking ownership of each is sound.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(cmsg);
+                let count = ((*cmsg).cmsg_len - libc::CMSG_LEN(0) as usize)
+                    / std::mem::size_of::<libc::c_int>();
+                for i in 0..count {
+                    let fd = std::ptr::read_unaligned(data.cast::<libc::c_int>().add(i));
+                    fds.push(std::os::fd::OwnedFd::from_raw_fd(fd));
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+        return Err(io::Error::other(
+            "handover message lost descriptors (truncated)",
+        ));
+    }
+    Ok((payload, fds))
+}
+
 /// Whether the process runs as root (effective uid 0).
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.

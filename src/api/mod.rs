@@ -108,6 +108,11 @@ pub async fn serve(ctx: Rc<ShardCtx>, listener: TcpListener, control: Rc<Control
             }
         })
         .detach();
+        // Draining: this loop's next accept would be dropped with it, possibly losing the
+        // connection io_uring takes; stop after serving the one just accepted instead.
+        if crate::shutdown::stop_accepting() {
+            return;
+        }
     }
 }
 
@@ -172,7 +177,17 @@ async fn connection(ctx: &ShardCtx, mut stream: TcpStream, control: &Control) ->
                         api: Some(&control.stats),
                         data_plane: Some(&ctx.all_metrics),
                     };
+                    let draining = crate::shutdown::draining();
                     let resp = match control.auth.check(&req) {
+                        // Once draining, the registry is flushed and handed on: changes
+                        // belong to the successor, so refuse them rather than lose them.
+                        Ok(()) if draining && req.method != http::Method::Get => {
+                            routes::Response::error(
+                                503,
+                                "the hub is stopping or restarting: retry in a moment",
+                                None,
+                            )
+                        }
                         Err(denied) => {
                             log::warn!(
                                 "api: {peer} {} {}: refused, missing or invalid token",
@@ -301,6 +316,9 @@ pub async fn flush_on_drain(control: Rc<Control>) {
         Ok(()) => log::info!("shutdown: registry flushed"),
         Err(e) => log::error!("shutdown: cannot flush the registry: {e}"),
     }
+    if let Some(store) = &control.store {
+        store.release();
+    }
     crate::shutdown::mark_flushed();
 }
 
@@ -311,6 +329,10 @@ pub async fn sweeper(ctx: Rc<ShardCtx>, control: Rc<Control>) {
     let _ = ctx;
     loop {
         glommio::timer::sleep(Duration::from_secs(1)).await;
+        if crate::shutdown::draining() {
+            // The final flush is flush_on_drain's; nothing is written after it.
+            return;
+        }
         let now = crate::clock::now_ms();
         let sweep = control.registry.borrow_mut().sweep(now);
         for id in &sweep.expired {

@@ -165,6 +165,12 @@ pub async fn serve_udp(ctx: Rc<ShardCtx>, sock: glommio::net::UdpSocket) {
             // A long burst must not starve the shard's other tasks.
             glommio::yield_if_needed().await;
         }
+        // Handed over: the successor reads these same sockets. Stop only here, between
+        // receives, never by dropping a receive io_uring may be completing (its datagram
+        // would be lost).
+        if crate::handover::handed_over() {
+            return;
+        }
     }
 }
 
@@ -221,6 +227,11 @@ pub async fn serve_tcp(ctx: Rc<ShardCtx>, listener: glommio::net::TcpListener) {
             }
         })
         .detach();
+        // Draining: this loop's next accept would be dropped with it, possibly losing the
+        // connection io_uring takes; stop after serving the one just accepted instead.
+        if crate::shutdown::stop_accepting() {
+            return;
+        }
     }
 }
 

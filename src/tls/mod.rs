@@ -204,6 +204,11 @@ pub async fn serve(ctx: Rc<ShardCtx>, tls: Rc<ShardTls>, listener: TcpListener, 
             drop(slot);
         })
         .detach();
+        // Draining: this loop's next accept would be dropped with it, possibly losing the
+        // connection io_uring takes; stop after serving the one just accepted instead.
+        if crate::shutdown::stop_accepting() {
+            return;
+        }
     }
 }
 
