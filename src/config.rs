@@ -587,6 +587,12 @@ impl Config {
                 "--tls-alpn: a protocol name is longer than 255 bytes".into(),
             ));
         }
+        if tls_alpn.len() > crate::tls::MAX_ALPN {
+            return Err(ConfigError(format!(
+                "--tls-alpn: at most {} protocols",
+                crate::tls::MAX_ALPN
+            )));
+        }
         let tls = TlsConfig {
             listen_addr: args.tls_enabled.then_some(args.tls_listen_addr),
             passthrough_ports: args.tls_passthrough,

@@ -176,7 +176,8 @@ fn sni_picks_the_certificate_and_the_app() {
     // <app>.<zone> under a wildcard certificate.
     let mut t = handshake(hub.tls, &client, "gru.pop.internal", true).unwrap();
     assert_eq!(leaf_of(&t), wild_der);
-    assert_eq!(t.conn.alpn_protocol(), Some(&b"h2"[..]));
+    // Its backend declared no ALPN (http/1.1 only): h2 is not offered.
+    assert_eq!(t.conn.alpn_protocol(), Some(&b"http/1.1"[..]));
     assert_eq!(exchange(&mut t, b"ping"), b"gru:ping");
     // An explicit route, exact certificate.
     let mut t = handshake(hub.tls, &client, "a.example", true).unwrap();
@@ -192,6 +193,64 @@ fn sni_picks_the_certificate_and_the_app() {
     assert_eq!(leaf_of(&t), default_der);
     let got = exchange(&mut t, b"ping");
     assert!(got == b"gru:ping" || got == b"iad:ping", "{got:?}");
+}
+
+#[test]
+fn alpn_offers_what_backends_speak_and_picks_a_backend_that_speaks_it() {
+    let ca = Ca::new();
+    let dir = StateDir::new();
+    let (pem, _) = ca.leaf(&["*.pop.internal"]);
+    std::fs::write(dir.0.join("c.pem"), &pem).unwrap();
+    let hub = Hub::start(&[&format!("--tls-cert-dir={}", dir.0.display())]);
+    // gru.pop: one backend speaking h2 only, one declaring nothing (http/1.1 only).
+    let h2 = echo_backend(b"h2:");
+    hub.register_json(&format!(
+        r#"{{"id":"gru-h2","app":"gru.pop","region":"sa","ip":"127.0.0.1","port":{},"alpn":["h2"]}}"#,
+        h2.port()
+    ));
+    register(&hub, "gru-h1", "gru.pop", echo_backend(b"h1:"));
+    // iad.pop: http/1.1 backends only.
+    register(&hub, "iad-h1", "iad.pop", echo_backend(b"iad:"));
+    let (status, json) = hub.api("GET", "/api/v1/backends/gru-h2", None);
+    assert_eq!((status, &json["alpn"]), (200, &serde_json::json!(["h2"])));
+    let (status, json) = hub.api("GET", "/api/v1/backends/gru-h1", None);
+    assert_eq!((status, &json["alpn"]), (200, &serde_json::Value::Null));
+
+    let name = "gru.pop.internal";
+    // Repeated: whichever shard and whatever the hash says, the protocol decides.
+    for _ in 0..3 {
+        let mut t = handshake(hub.tls, &ca.client_alpn(&["h2"]), name, true).unwrap();
+        assert_eq!(t.conn.alpn_protocol(), Some(&b"h2"[..]));
+        assert_eq!(exchange(&mut t, b"x"), b"h2:x");
+        let mut t = handshake(hub.tls, &ca.client_alpn(&["http/1.1"]), name, true).unwrap();
+        assert_eq!(t.conn.alpn_protocol(), Some(&b"http/1.1"[..]));
+        assert_eq!(exchange(&mut t, b"x"), b"h1:x");
+        // The hub's preference (h2 first) when the client offers both.
+        let both = ca.client_alpn(&["http/1.1", "h2"]);
+        let mut t = handshake(hub.tls, &both, name, true).unwrap();
+        assert_eq!(t.conn.alpn_protocol(), Some(&b"h2"[..]));
+        assert_eq!(exchange(&mut t, b"x"), b"h2:x");
+    }
+    // No backend of iad.pop speaks h2: it is not offered.
+    let both = ca.client_alpn(&["h2", "http/1.1"]);
+    let mut t = handshake(hub.tls, &both, "iad.pop.internal", true).unwrap();
+    assert_eq!(t.conn.alpn_protocol(), Some(&b"http/1.1"[..]));
+    assert_eq!(exchange(&mut t, b"x"), b"iad:x");
+    // A client that speaks only h2 is refused there rather than sent to an HTTP/1.1 backend.
+    // (rustls fails the handshake; the client sees the alert or the close.)
+    let Err(e) = handshake(hub.tls, &ca.client_alpn(&["h2"]), "iad.pop.internal", true) else {
+        panic!("h2 was agreed with an app that has no h2 backend");
+    };
+    let e = e.to_string();
+    assert!(
+        e.contains("NoApplicationProtocol") || e.contains("end of file"),
+        "{e}"
+    );
+    // No ALPN from the client: any backend of the app.
+    let mut t = handshake(hub.tls, &ca.client(), name, true).unwrap();
+    assert_eq!(t.conn.alpn_protocol(), None);
+    let got = exchange(&mut t, b"x");
+    assert!(got == b"h2:x" || got == b"h1:x", "{got:?}");
 }
 
 #[test]

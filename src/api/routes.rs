@@ -75,6 +75,7 @@ pub fn backend_json(b: &Backend, now_ms: u64) -> Value {
         "soft_limit": b.soft_limit,
         "hard_limit": b.hard_limit,
         "ttl_secs": b.ttl_secs,
+        "alpn": b.alpn,
         "healthy": b.alive(now_ms),
         "draining": b.live.draining.load(Ordering::Relaxed),
         "connections": b.connections(),

@@ -34,6 +34,7 @@ use glommio::net::{TcpListener, TcpStream};
 use glommio::sync::Semaphore;
 use rustls::crypto::CryptoProvider;
 use rustls::server::{ProducesTickets, ServerConfig, ServerSessionMemoryCache};
+use std::cell::RefCell;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -114,9 +115,17 @@ impl TlsShared {
     }
 }
 
-/// A shard's TLS state: its acceptor and its handshake slots.
+/// At most this many `--tls-alpn` protocols: a shard keeps one configuration per subset.
+pub const MAX_ALPN: usize = 8;
+
+/// A shard's TLS state: its configurations and its handshake slots.
 pub struct ShardTls {
-    acceptor: TlsAcceptor,
+    /// `--tls-alpn`, in preference order; bit `i` of a subset mask is `alpn[i]`.
+    alpn: Vec<Vec<u8>>,
+    /// One acceptor per subset of `alpn` (index = mask), built the first time it is needed.
+    /// They share the certificates, the session cache and the ticket key.
+    by_subset: RefCell<Vec<Option<TlsAcceptor>>>,
+    base: Arc<ServerConfig>,
     handshakes: Rc<Semaphore>,
 }
 
@@ -125,10 +134,51 @@ impl ShardTls {
         let sc = shared
             .server_config(cfg)
             .map_err(|e| format!("cannot build the TLS configuration: {e}"))?;
+        let alpn = sc.alpn_protocols.clone();
         Ok(Rc::new(ShardTls {
-            acceptor: TlsAcceptor::from(sc),
+            by_subset: RefCell::new(vec![None; 1 << alpn.len()]),
+            alpn,
+            base: sc,
             handshakes: Rc::new(Semaphore::new(cfg.tls.max_handshakes as u64)),
         }))
+    }
+
+    /// Every configured protocol.
+    fn all(&self) -> u32 {
+        (1u32 << self.alpn.len()) - 1
+    }
+
+    /// The configured protocols `b` speaks, as a mask.
+    fn spoken_by(&self, b: &crate::registry::Backend) -> u32 {
+        self.alpn
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| b.speaks(p))
+            .fold(0, |m, (i, _)| m | 1 << i)
+    }
+
+    /// The acceptor that offers exactly the protocols of `mask`.
+    fn acceptor(&self, mask: u32) -> TlsAcceptor {
+        let mut by = self.by_subset.borrow_mut();
+        by[mask as usize]
+            .get_or_insert_with(|| {
+                let mut sc = (*self.base).clone();
+                sc.alpn_protocols = (0..self.alpn.len())
+                    .filter(|i| mask & 1 << i != 0)
+                    .map(|i| self.alpn[i].clone())
+                    .collect();
+                TlsAcceptor::from(Arc::new(sc))
+            })
+            .clone()
+    }
+
+    /// The configured protocol equal to `p`.
+    fn configured(&self, p: Option<&[u8]>) -> Option<&[u8]> {
+        let p = p?;
+        self.alpn
+            .iter()
+            .find(|q| q.as_slice() == p)
+            .map(Vec::as_slice)
     }
 }
 
@@ -330,7 +380,7 @@ async fn connection(
         proxy_v2.then(|| crate::proxy::proxy_protocol::v2_header(peer, local.unwrap_or(peer)));
     if passthrough {
         drop(slot);
-        let Some((mut backend, live)) = connect_backend(ctx, peer.ip(), app.as_deref()).await
+        let Some((mut backend, live)) = connect_backend(ctx, peer.ip(), app.as_deref(), None).await
         else {
             m.proxy_failed.inc();
             return;
@@ -355,13 +405,29 @@ async fn connection(
         drop(live);
         return;
     }
+    // ALPN: offer only the configured protocols that some eligible backend of the app speaks,
+    // so whatever the client agrees to, a backend speaks it. A client offering none: any.
+    let mask = if hello.alpn.is_empty() {
+        tls.all()
+    } else {
+        let snap = ctx.cell.load();
+        match crate::select::Scope::of(&snap, app.as_deref()) {
+            Some(scope) => {
+                crate::select::union_where(scope, crate::clock::now_ms(), tls.all(), |b| {
+                    tls.spoken_by(b)
+                })
+            }
+            None => 0,
+        }
+    };
+    let acceptor = tls.acceptor(mask);
     let stream = Replay {
         head: buf,
         pos: 0,
         io: client,
     };
     let accepted = by(deadline, async {
-        tls.acceptor.accept(stream).await.map_err(Early::Io)
+        acceptor.accept(stream).await.map_err(Early::Io)
     })
     .await;
     drop(slot);
@@ -378,9 +444,12 @@ async fn connection(
         }
     };
     m.tls_handshakes.inc();
-    let Some((mut backend, live)) = connect_backend(ctx, peer.ip(), app.as_deref()).await else {
+    // A protocol was agreed: only a backend that speaks it.
+    let alpn = tls.configured(tls_stream.get_ref().1.alpn_protocol());
+    let Some((mut backend, live)) = connect_backend(ctx, peer.ip(), app.as_deref(), alpn).await
+    else {
         m.proxy_failed.inc();
-        log::debug!("tls {peer}: no backend reachable (app {app:?}); closing");
+        log::debug!("tls {peer}: no backend reachable (app {app:?}, alpn {alpn:?}); closing");
         let _ = tls_stream.close().await;
         return;
     };
