@@ -546,6 +546,77 @@ fn reload_changes_new_connections_and_keeps_open_ones() {
     assert_eq!(leaf_of(&t), v2_der);
 }
 
+/// An API request with a bearer token (or none).
+fn api_call(hub: &Hub, method: &str, path: &str, token: Option<&str>) -> (u16, serde_json::Value) {
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let raw = format!(
+        "{method} {path} HTTP/1.1\r\nHost: hub\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    let (status, _, body) = hub.http(raw.as_bytes());
+    (
+        status,
+        serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+#[test]
+fn reload_by_api_call() {
+    let ca = Ca::new();
+    let dir = StateDir::new();
+    let (v1, v1_der) = ca.leaf(&["*.pop.internal"]);
+    let (v2, v2_der) = ca.leaf(&["*.pop.internal"]);
+    let (other, _) = ca.leaf(&["other.example"]);
+    let file = dir.0.join("c.pem");
+    std::fs::write(&file, &v1).unwrap();
+    std::fs::write(dir.0.join("d.pem"), &other).unwrap();
+    let hub = Hub::start_with_env(
+        &[&format!("--tls-cert-dir={}", dir.0.display())],
+        &[("EDGEPROXY_API_TOKEN", "s3cret")],
+    );
+    register_with_token(&hub, "gru-1", "gru.pop", echo_backend(b"gru:"));
+    let t = handshake(hub.tls, &ca.client(), "gru.pop.internal", true).unwrap();
+    assert_eq!(leaf_of(&t), v1_der);
+
+    // A mutating route: the token is needed; only POST.
+    assert_eq!(api_call(&hub, "POST", "/api/v1/tls/reload", None).0, 401);
+    let (status, _) = api_call(&hub, "GET", "/api/v1/tls/reload", Some("s3cret"));
+    assert_eq!(status, 405);
+
+    std::fs::write(&file, &v2).unwrap();
+    let (status, json) = api_call(&hub, "POST", "/api/v1/tls/reload", Some("s3cret"));
+    assert_eq!(status, 200, "{json}");
+    assert_eq!(
+        json,
+        serde_json::json!({"reloaded": true, "certificates": 2})
+    );
+    // The answer came after the swap: a new client (no session to resume) sees v2 at once.
+    let t = handshake(hub.tls, &ca.client(), "gru.pop.internal", true).unwrap();
+    assert_eq!(leaf_of(&t), v2_der);
+
+    // A broken file: 500 naming it, and the certificates in force stay.
+    std::fs::write(&file, "not a certificate").unwrap();
+    let (status, json) = api_call(&hub, "POST", "/api/v1/tls/reload/", Some("s3cret"));
+    assert_eq!(status, 500, "{json}");
+    assert!(json["error"].as_str().unwrap().contains("c.pem"), "{json}");
+    let t = handshake(hub.tls, &ca.client(), "gru.pop.internal", true).unwrap();
+    assert_eq!(leaf_of(&t), v2_der);
+}
+
+fn register_with_token(hub: &Hub, id: &str, app: &str, addr: SocketAddr) {
+    let body = format!(
+        r#"{{"id":"{id}","app":"{app}","region":"sa","ip":"127.0.0.1","port":{}}}"#,
+        addr.port()
+    );
+    let raw = format!(
+        "POST /api/v1/register HTTP/1.1\r\nHost: hub\r\nAuthorization: Bearer s3cret\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let (status, _, _) = hub.http(raw.as_bytes());
+    assert_eq!(status, 201);
+}
+
 #[test]
 fn bad_certificate_files_stop_startup_with_one_line() {
     let ca = Ca::new();

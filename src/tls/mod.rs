@@ -39,13 +39,48 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+/// Reloads as the main thread does them, for `POST /api/v1/tls/reload` to wait on: a request
+/// takes a [`Reloads::ticket`], raises SIGHUP, and waits for [`Reloads::outcome_after`] it.
+#[derive(Debug)]
+pub struct Reloads {
+    /// Reloads begun.
+    started: AtomicU64,
+    /// Reloads finished; `last` is written before this is bumped.
+    done: AtomicU64,
+    /// The outcome of the last finished reload: certificates loaded, or the error.
+    last: arc_swap::ArcSwap<Result<usize, String>>,
+}
+
+impl Reloads {
+    fn new() -> Reloads {
+        Reloads {
+            started: AtomicU64::new(0),
+            done: AtomicU64::new(0),
+            last: arc_swap::ArcSwap::from_pointee(Ok(0)),
+        }
+    }
+
+    /// Taken before asking for a reload: only a reload that begins after it answers the request
+    /// (one already under way may have read the files before they changed).
+    pub fn ticket(&self) -> u64 {
+        self.started.load(Ordering::Acquire)
+    }
+
+    /// The outcome of a reload begun after `ticket` was taken, once one has finished.
+    pub fn outcome_after(&self, ticket: u64) -> Option<Arc<Result<usize, String>>> {
+        (self.done.load(Ordering::Acquire) > ticket).then(|| self.last.load_full())
+    }
+}
+
 /// What the whole process shares for TLS: certificates, the ticket key, the crypto provider.
 pub struct TlsShared {
     pub certs: Arc<certs::Certs>,
+    pub reloads: Reloads,
     sources: certs::CertSources,
     provider: Arc<CryptoProvider>,
     ticketer: Arc<dyn ProducesTickets>,
@@ -88,18 +123,29 @@ impl TlsShared {
             .map_err(|e| certs::CertError(format!("cannot create the session ticket key: {e}")))?;
         Ok(Arc::new(TlsShared {
             certs: Arc::new(certs::Certs::new(set)),
+            reloads: Reloads::new(),
             sources,
             provider,
             ticketer,
         }))
     }
 
-    /// Reads the certificates again and swaps them in; on error the old ones stay.
+    /// Reads the certificates again and swaps them in; on error the old ones stay. Main thread
+    /// only (file I/O); the outcome is recorded in [`TlsShared::reloads`].
     pub fn reload(&self) -> Result<String, certs::CertError> {
-        let set = certs::CertSet::load(&self.sources, &self.provider)?;
-        let summary = set.summary.clone();
-        self.certs.current.store(Arc::new(set));
-        Ok(summary)
+        self.reloads.started.fetch_add(1, Ordering::AcqRel);
+        let result = certs::CertSet::load(&self.sources, &self.provider).map(|set| {
+            let out = (set.count, set.summary.clone());
+            self.certs.current.store(Arc::new(set));
+            out
+        });
+        let outcome = match &result {
+            Ok((count, _)) => Ok(*count),
+            Err(e) => Err(e.0.clone()),
+        };
+        self.reloads.last.store(Arc::new(outcome));
+        self.reloads.done.fetch_add(1, Ordering::AcqRel);
+        result.map(|(_, summary)| summary)
     }
 
     /// One shard's server configuration.
