@@ -596,6 +596,69 @@ fn proxy_v2_on_the_plain_tcp_proxy_names_the_client() {
     assert_eq!(got, format!("client:{}:{}:payload", me.ip(), me.port()));
 }
 
+/// The sum of a counter's samples over every shard, from `/metrics`.
+fn metric(hub: &Hub, name: &str) -> f64 {
+    let (status, _, body) =
+        hub.http(b"GET /metrics HTTP/1.1\r\nHost: hub\r\nConnection: close\r\n\r\n");
+    assert_eq!(status, 200);
+    String::from_utf8(body)
+        .unwrap()
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|r| r.starts_with(['{', ' ']))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Polls `/metrics` (bounded) until `name` reaches `want`.
+fn wait_metric(hub: &Hub, name: &str, want: f64) {
+    let deadline = Instant::now() + STEP;
+    loop {
+        let got = metric(hub, name);
+        if got >= want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} stayed at {got}, not {want}"
+        );
+        thread::yield_now();
+    }
+}
+
+#[test]
+fn at_the_handshake_cap_new_connections_are_refused_at_once() {
+    let ca = Ca::new();
+    let dir = StateDir::new();
+    let (pem, _) = ca.leaf(&["*.pop.internal"]);
+    std::fs::write(dir.0.join("c.pem"), &pem).unwrap();
+    let hub = Hub::start(&[
+        &format!("--tls-cert-dir={}", dir.0.display()),
+        "--shards=1",
+        "--tls-max-handshakes=1",
+    ]);
+    register(&hub, "gru-1", "gru.pop", echo_backend(b"gru:"));
+    // A silent client takes the only slot (taken as it is accepted, before any byte).
+    let silent = TcpStream::connect_timeout(&hub.tls, STEP).unwrap();
+    wait_metric(&hub, "edgeproxy_proxy_connections_accepted_total", 1.0);
+    // The next one is closed at once, not queued until the silent one times out (10 s).
+    let mut refused = TcpStream::connect_timeout(&hub.tls, STEP).unwrap();
+    refused.set_read_timeout(Some(STEP)).unwrap();
+    let t0 = Instant::now();
+    let mut buf = [0u8; 16];
+    let n = refused.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0);
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    assert_eq!(metric(&hub, "edgeproxy_tls_handshakes_refused_total"), 1.0);
+    // The slot comes back when the silent client goes (counted as a failed handshake).
+    drop(silent);
+    wait_metric(&hub, "edgeproxy_tls_handshake_failures_total", 1.0);
+    let mut t = handshake(hub.tls, &ca.client(), "gru.pop.internal", true).unwrap();
+    assert_eq!(exchange(&mut t, b"ok"), b"gru:ok");
+}
+
 #[test]
 fn the_handshake_timeout_closes_silent_and_slow_clients() {
     let hub = Hub::start(&["--tls-handshake-timeout-ms=300"]);

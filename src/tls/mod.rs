@@ -375,19 +375,22 @@ async fn connection(
     let _active = ActiveGuard(&m.proxy_active);
     let cfg = &ctx.cfg;
     let deadline = Instant::now() + cfg.tls.handshake_timeout;
+    // A handshake slot is held from accept until the handshake is over. With every slot taken
+    // the connection is closed at once rather than queued: a queued client would hold a socket
+    // and a task while waiting, and mostly time out anyway; closed, it retries or goes to
+    // another hub, and the refusal shows in a metric.
+    let Ok(slot) = tls.handshakes.try_acquire_static_permit(1) else {
+        m.tls_refused.inc();
+        log::debug!("tls {peer}: every handshake slot is taken; closing");
+        return;
+    };
     let mut buf = Vec::with_capacity(2048);
-    // A handshake slot is held from the first byte read until the handshake is over.
     let first = by(deadline, async {
-        let slot = tls
-            .handshakes
-            .acquire_static_permit(1)
-            .await
-            .map_err(|_| Early::TimedOut)?;
         let hello = read_hello(&mut client, &mut buf).await?;
-        Ok((slot, hello))
+        Ok(hello)
     })
     .await;
-    let (slot, hello) = match first {
+    let hello = match first {
         Ok(x) => x,
         Err(e) => {
             m.tls_failures.inc();
