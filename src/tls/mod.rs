@@ -2,11 +2,13 @@
 //!
 //! Every connection starts the same way: the ClientHello is read (not decrypted) by our own
 //! bounded parser ([`clienthello`]) within the handshake timeout and while holding one of the
-//! shard's handshake slots. Its SNI name chooses the app ([`route`]); a name that maps to no app
+//! shard's handshake slots (none free: closed at once). Its SNI name chooses the app ([`route`]); a name that maps to no app
 //! is answered with an `unrecognized_name` alert. Then either
 //! - **terminate**: the bytes already read are replayed into rustls, which finishes the handshake
-//!   with the certificate chosen by SNI ([`certs`]); the plaintext is copied to a backend chosen
-//!   exactly as the TCP proxy chooses ([`crate::proxy::connect_backend`]), or
+//!   with the certificate chosen by SNI ([`certs`]), offering only the ALPN protocols some
+//!   eligible backend of the app speaks; the plaintext is copied to a backend chosen exactly as
+//!   the TCP proxy chooses ([`crate::proxy::connect_backend`]) among those that speak the
+//!   negotiated protocol, or
 //! - **passthrough** (a `--tls-passthrough` listener or a route marked so): the untouched bytes
 //!   go to the backend, which holds its own certificate, and the rest is spliced like the TCP
 //!   proxy's ([`crate::proxy::forward`]).
