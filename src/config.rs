@@ -234,7 +234,8 @@ pub struct Args {
     )]
     pub tls_passthrough: Vec<u16>,
 
-    /// ALPN protocols offered, in order of preference (comma-separated).
+    /// ALPN protocols that may be offered, in order of preference (comma-separated, at most 8);
+    /// each connection is offered those that an eligible backend of its app speaks.
     #[arg(
         long,
         env = "EDGEPROXY_TLS_ALPN",
@@ -247,8 +248,8 @@ pub struct Args {
     #[arg(long, env = "EDGEPROXY_TLS_HANDSHAKE_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub tls_handshake_timeout_ms: u64,
 
-    /// Most TLS handshakes in progress at once, per shard; further clients wait (within their
-    /// handshake timeout).
+    /// Most TLS handshakes in progress at once, per shard; a client beyond it is closed at once
+    /// (counted in edgeproxy_tls_handshakes_refused_total), not queued.
     #[arg(long, env = "EDGEPROXY_TLS_MAX_HANDSHAKES", default_value_t = 1024)]
     pub tls_max_handshakes: usize,
 
@@ -593,6 +594,12 @@ impl Config {
             return Err(ConfigError(
                 "--tls-alpn: a protocol name is longer than 255 bytes".into(),
             ));
+        }
+        if tls_alpn.len() > crate::tls::MAX_ALPN {
+            return Err(ConfigError(format!(
+                "--tls-alpn: at most {} protocols",
+                crate::tls::MAX_ALPN
+            )));
         }
         let tls = TlsConfig {
             listen_addr: args.tls_enabled.then_some(args.tls_listen_addr),

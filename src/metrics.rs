@@ -90,6 +90,8 @@ pub struct ShardMetrics {
     pub dns_dropped: Counter,
     pub tls_handshakes: Counter,
     pub tls_failures: Counter,
+    /// Connections closed at once because every handshake slot of the shard was taken.
+    pub tls_refused: Counter,
 }
 
 impl ShardMetrics {
@@ -133,7 +135,7 @@ impl Metrics {
     /// Appends every data-plane family, per shard, in the Prometheus text format.
     pub fn render(&self, out: &mut Text) {
         type Get = fn(&ShardMetrics) -> u64;
-        let counters: [(&str, &str, Get); 9] = [
+        let counters: [(&str, &str, Get); 10] = [
             (
                 "edgeproxy_proxy_connections_accepted_total",
                 "Client connections accepted by the TCP proxy.",
@@ -178,6 +180,11 @@ impl Metrics {
                 "edgeproxy_tls_handshake_failures_total",
                 "TLS handshakes that failed.",
                 |m| m.tls_failures.get(),
+            ),
+            (
+                "edgeproxy_tls_handshakes_refused_total",
+                "TLS connections closed at once because the shard's --tls-max-handshakes slots were all taken.",
+                |m| m.tls_refused.get(),
             ),
         ];
         for (name, help, get) in counters {

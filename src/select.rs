@@ -86,8 +86,15 @@ struct Best<'s> {
 
 impl<'s> Best<'s> {
     #[inline]
-    fn offer(&mut self, b: &'s Arc<Backend>, client: &Client<'_>, now_ms: u64, exclude: &[u64]) {
-        if exclude.contains(&b.key) || !b.eligible(now_ms) {
+    fn offer(
+        &mut self,
+        b: &'s Arc<Backend>,
+        client: &Client<'_>,
+        now_ms: u64,
+        exclude: &[u64],
+        keep: &impl Fn(&Backend) -> bool,
+    ) {
+        if exclude.contains(&b.key) || !b.eligible(now_ms) || !keep(b) {
             return;
         }
         let s = score(client.key, b.key, b.weight);
@@ -108,15 +115,16 @@ fn best_in<'s>(
     client: &Client<'_>,
     now_ms: u64,
     exclude: &[u64],
+    keep: &impl Fn(&Backend) -> bool,
 ) -> Option<&'s Arc<Backend>> {
     let mut best = Best { best: None };
     let mut visit = |g: &'s AppGroup| match region {
         Some(r) => g
             .region(r)
-            .for_each(|b| best.offer(b, client, now_ms, exclude)),
+            .for_each(|b| best.offer(b, client, now_ms, exclude, keep)),
         None => g
             .backends()
-            .for_each(|b| best.offer(b, client, now_ms, exclude)),
+            .for_each(|b| best.offer(b, client, now_ms, exclude, keep)),
     };
     match scope {
         Scope::App(g) => visit(g),
@@ -134,17 +142,61 @@ pub fn pick<'s>(
     now_ms: u64,
     exclude: &[u64],
 ) -> Option<(&'s Arc<Backend>, Tier)> {
+    pick_where(scope, client, hub_region, now_ms, exclude, |_| true)
+}
+
+/// [`pick`] among the backends for which `keep` is true (e.g. those that speak the ALPN
+/// protocol a TLS client negotiated). Still allocation-free: `keep` is inlined.
+pub fn pick_where<'s>(
+    scope: Scope<'s>,
+    client: &Client<'_>,
+    hub_region: &str,
+    now_ms: u64,
+    exclude: &[u64],
+    keep: impl Fn(&Backend) -> bool,
+) -> Option<(&'s Arc<Backend>, Tier)> {
     if let Some(region) = client.region {
-        if let Some(b) = best_in(scope, Some(region), client, now_ms, exclude) {
+        if let Some(b) = best_in(scope, Some(region), client, now_ms, exclude, &keep) {
             return Some((b, Tier::ClientRegion));
         }
     }
     if client.region != Some(hub_region) {
-        if let Some(b) = best_in(scope, Some(hub_region), client, now_ms, exclude) {
+        if let Some(b) = best_in(scope, Some(hub_region), client, now_ms, exclude, &keep) {
             return Some((b, Tier::HubRegion));
         }
     }
-    best_in(scope, None, client, now_ms, exclude).map(|b| (b, Tier::Any))
+    best_in(scope, None, client, now_ms, exclude, &keep).map(|b| (b, Tier::Any))
+}
+
+/// The union over `scope`'s eligible backends of `mask(backend)`, stopping early once every
+/// bit of `full` is set (a bitmask per backend, e.g. which configured ALPN protocols it speaks).
+pub fn union_where(
+    scope: Scope<'_>,
+    now_ms: u64,
+    full: u32,
+    mask: impl Fn(&Backend) -> u32,
+) -> u32 {
+    // Ends early once every bit of `full` is set.
+    let visit = |acc: &mut u32, g: &AppGroup| {
+        for b in g.backends() {
+            if *acc & full == full {
+                return;
+            }
+            if b.eligible(now_ms) {
+                *acc |= mask(b);
+            }
+        }
+    };
+    let mut acc = 0u32;
+    match scope {
+        Scope::App(g) => visit(&mut acc, g),
+        Scope::All(snap) => {
+            for g in snap.groups() {
+                visit(&mut acc, g);
+            }
+        }
+    }
+    acc & full
 }
 
 #[cfg(test)]
@@ -260,6 +312,36 @@ mod tests {
         a.live.shard_counter(1).store(0, Ordering::Relaxed);
         a.live.draining.store(true, Ordering::Relaxed);
         assert_eq!(pick(group, &c, "eu", 0, &[]).unwrap().0.id, "b");
+    }
+
+    #[test]
+    fn a_filter_narrows_the_choice_and_union_sees_eligible_ones() {
+        let mut h2 = spec("h2", "app", "sa", 1);
+        h2.alpn = Some(vec!["h2".into()]);
+        let (_reg, cell) = build(vec![h2, spec("h1", "app", "sa", 1)]);
+        let snap = cell.load();
+        let group = app(&snap, "app");
+        for n in 0..50 {
+            let c = client(n, Some("sa"));
+            let b = pick_where(group, &c, "eu", 0, &[], |b| b.speaks(b"h2")).unwrap();
+            assert_eq!(b.0.id, "h2");
+            let b = pick_where(group, &c, "eu", 0, &[], |b| b.speaks(b"http/1.1")).unwrap();
+            assert_eq!(b.0.id, "h1");
+        }
+        let c = client(1, None);
+        assert!(pick_where(group, &c, "eu", 0, &[], |b| b.speaks(b"spdy/3")).is_none());
+        let protos: [&[u8]; 3] = [b"h2", b"http/1.1", b"spdy/3"];
+        let mask = |b: &Backend| {
+            protos
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| b.speaks(p))
+                .fold(0, |m, (i, _)| m | 1 << i)
+        };
+        assert_eq!(union_where(group, 0, 0b111, mask), 0b011);
+        assert_eq!(union_where(group, 0, 0b001, mask), 0b001);
+        // Expired backends speak nothing.
+        assert_eq!(union_where(group, 60_000, 0b111, mask), 0);
     }
 
     #[test]

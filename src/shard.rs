@@ -583,6 +583,7 @@ async fn run_shard(
             app.map(Rc::from),
         ))));
     }
+    let tls_for_api = tls.clone();
     if let Some(shared) = tls {
         let shard_tls = match crate::tls::ShardTls::new(&shared, &ctx.cfg) {
             Ok(t) => t,
@@ -630,6 +631,7 @@ async fn run_shard(
             store,
             auth: ctx.cfg.api_auth.clone(),
             stats: Default::default(),
+            tls: tls_for_api,
         });
         // The control plane runs in its own task queue with equal shares and a latency
         // bound, so a flood of data-plane work on this shard cannot starve registrations (nor

@@ -57,6 +57,9 @@ pub struct StoredBackend {
     pub hard_limit: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_secs: Option<u64>,
+    /// Absent in state files written before ALPN was a registration field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alpn: Option<Vec<String>>,
     pub registered_unix_ms: u64,
     pub last_heartbeat_unix_ms: u64,
 }
@@ -74,6 +77,7 @@ impl StoredBackend {
             soft_limit: self.soft_limit,
             hard_limit: self.hard_limit,
             ttl_secs: self.ttl_secs,
+            alpn: self.alpn.clone(),
         }
     }
 }
@@ -546,9 +550,31 @@ mod tests {
             soft_limit: None,
             hard_limit: Some(10),
             ttl_secs: None,
+            alpn: None,
             registered_unix_ms: at,
             last_heartbeat_unix_ms: at,
         }
+    }
+
+    #[test]
+    fn alpn_is_optional_in_stored_records() {
+        // A record written before `alpn` existed still loads, and `None` is not written.
+        let old = r#"{"op":"put","id":"a","app":"gru.pop","region":"sa","ip":"10.50.1.1","port":80,"weight":1,"registered_unix_ms":1,"last_heartbeat_unix_ms":1}"#;
+        let Record::Put(b) = serde_json::from_str::<Record>(old).unwrap() else {
+            panic!("a put");
+        };
+        assert_eq!(b.alpn, None);
+        let again = serde_json::to_string(&Record::Put(b.clone())).unwrap();
+        assert!(!again.contains("alpn"), "{again}");
+        let with = StoredBackend {
+            alpn: Some(vec!["h2".into(), "http/1.1".into()]),
+            ..b
+        };
+        let json = serde_json::to_string(&Record::Put(with.clone())).unwrap();
+        assert_eq!(
+            serde_json::from_str::<Record>(&json).unwrap(),
+            Record::Put(with)
+        );
     }
 
     fn log_of(recs: &[Record]) -> Vec<u8> {

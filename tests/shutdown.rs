@@ -17,10 +17,8 @@ fn sigterm_on_an_idle_hub_exits_0_and_closes_listeners() {
     let logs = hub.logs_until("drained: exiting").join("\n");
     assert!(logs.contains("draining"), "{logs}");
     assert!(logs.contains("registry flushed"), "{logs}");
-    assert!(
-        TcpStream::connect(hub.proxy).is_err(),
-        "the proxy still accepts after exit"
-    );
+    // (That the listeners close is checked while draining, in the test below: after the exit
+    // the port is free, and a parallel test's hub may already have been given it.)
 }
 
 #[test]

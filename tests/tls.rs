@@ -1,5 +1,6 @@
 //! TLS on the real binary (2 shards): termination with a rustls client, `openssl s_client` and
-//! `curl`; certificates and apps chosen by SNI; passthrough; resumption; the handshake timeout;
+//! `curl`; certificates and apps chosen by SNI; ALPN; passthrough; resumption (TLS 1.3, and 1.2
+//! by ticket and by session id); PROXY v2 (passthrough and the plain TCP proxy); the handshake timeout;
 //! garbage; certificate reload. Certificates come from a CA generated in the test, and the
 //! clients verify them for real.
 
@@ -176,7 +177,8 @@ fn sni_picks_the_certificate_and_the_app() {
     // <app>.<zone> under a wildcard certificate.
     let mut t = handshake(hub.tls, &client, "gru.pop.internal", true).unwrap();
     assert_eq!(leaf_of(&t), wild_der);
-    assert_eq!(t.conn.alpn_protocol(), Some(&b"h2"[..]));
+    // Its backend declared no ALPN (http/1.1 only): h2 is not offered.
+    assert_eq!(t.conn.alpn_protocol(), Some(&b"http/1.1"[..]));
     assert_eq!(exchange(&mut t, b"ping"), b"gru:ping");
     // An explicit route, exact certificate.
     let mut t = handshake(hub.tls, &client, "a.example", true).unwrap();
@@ -192,6 +194,60 @@ fn sni_picks_the_certificate_and_the_app() {
     assert_eq!(leaf_of(&t), default_der);
     let got = exchange(&mut t, b"ping");
     assert!(got == b"gru:ping" || got == b"iad:ping", "{got:?}");
+}
+
+#[test]
+fn alpn_offers_what_backends_speak_and_picks_a_backend_that_speaks_it() {
+    let ca = Ca::new();
+    let dir = StateDir::new();
+    let (pem, _) = ca.leaf(&["*.pop.internal"]);
+    std::fs::write(dir.0.join("c.pem"), &pem).unwrap();
+    let hub = Hub::start(&[&format!("--tls-cert-dir={}", dir.0.display())]);
+    // gru.pop: one backend speaking h2 only, one declaring nothing (http/1.1 only).
+    let h2 = echo_backend(b"h2:");
+    hub.register_json(&format!(
+        r#"{{"id":"gru-h2","app":"gru.pop","region":"sa","ip":"127.0.0.1","port":{},"alpn":["h2"]}}"#,
+        h2.port()
+    ));
+    register(&hub, "gru-h1", "gru.pop", echo_backend(b"h1:"));
+    // iad.pop: http/1.1 backends only.
+    register(&hub, "iad-h1", "iad.pop", echo_backend(b"iad:"));
+    let (status, json) = hub.api("GET", "/api/v1/backends/gru-h2", None);
+    assert_eq!((status, &json["alpn"]), (200, &serde_json::json!(["h2"])));
+    let (status, json) = hub.api("GET", "/api/v1/backends/gru-h1", None);
+    assert_eq!((status, &json["alpn"]), (200, &serde_json::Value::Null));
+
+    let name = "gru.pop.internal";
+    // Repeated: whichever shard and whatever the hash says, the protocol decides.
+    for _ in 0..3 {
+        let mut t = handshake(hub.tls, &ca.client_alpn(&["h2"]), name, true).unwrap();
+        assert_eq!(t.conn.alpn_protocol(), Some(&b"h2"[..]));
+        assert_eq!(exchange(&mut t, b"x"), b"h2:x");
+        let mut t = handshake(hub.tls, &ca.client_alpn(&["http/1.1"]), name, true).unwrap();
+        assert_eq!(t.conn.alpn_protocol(), Some(&b"http/1.1"[..]));
+        assert_eq!(exchange(&mut t, b"x"), b"h1:x");
+        // The hub's preference (h2 first) when the client offers both.
+        let both = ca.client_alpn(&["http/1.1", "h2"]);
+        let mut t = handshake(hub.tls, &both, name, true).unwrap();
+        assert_eq!(t.conn.alpn_protocol(), Some(&b"h2"[..]));
+        assert_eq!(exchange(&mut t, b"x"), b"h2:x");
+    }
+    // No backend of iad.pop speaks h2: it is not offered.
+    let both = ca.client_alpn(&["h2", "http/1.1"]);
+    let mut t = handshake(hub.tls, &both, "iad.pop.internal", true).unwrap();
+    assert_eq!(t.conn.alpn_protocol(), Some(&b"http/1.1"[..]));
+    assert_eq!(exchange(&mut t, b"x"), b"iad:x");
+    // A client that speaks only h2 is refused there rather than sent to an HTTP/1.1 backend.
+    // (rustls fails the handshake; the client sees the alert, the close or a reset.)
+    assert!(
+        handshake(hub.tls, &ca.client_alpn(&["h2"]), "iad.pop.internal", true).is_err(),
+        "h2 was agreed with an app that has no h2 backend"
+    );
+    // No ALPN from the client: any backend of the app.
+    let mut t = handshake(hub.tls, &ca.client(), name, true).unwrap();
+    assert_eq!(t.conn.alpn_protocol(), None);
+    let got = exchange(&mut t, b"x");
+    assert!(got == b"h2:x" || got == b"h1:x", "{got:?}");
 }
 
 #[test]
@@ -386,6 +442,223 @@ fn a_second_connection_resumes() {
     }
 }
 
+/// A client limited to TLS 1.2, resuming by tickets (rustls' default) or by session id only.
+fn tls12_client(ca: &Ca, session_id_only: bool) -> Arc<ClientConfig> {
+    let mut roots = RootCertStore::empty();
+    roots.add(ca.cert.der().clone()).unwrap();
+    let mut cfg =
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_protocol_versions(&[&rustls::version::TLS12])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    if session_id_only {
+        cfg.resumption = rustls::client::Resumption::in_memory_sessions(16)
+            .tls12_resumption(rustls::client::Tls12Resumption::SessionIdOnly);
+    }
+    Arc::new(cfg)
+}
+
+#[test]
+fn tls12_resumes_by_ticket_on_any_shard_and_by_session_id() {
+    let ca = Ca::new();
+    let dir = StateDir::new();
+    let (pem, _) = ca.leaf(&["*.pop.internal"]);
+    std::fs::write(dir.0.join("c.pem"), &pem).unwrap();
+    let certs = format!("--tls-cert-dir={}", dir.0.display());
+    // Tickets: sealed with the key every shard shares, so any shard resumes (2 shards).
+    // Session ids: each shard's own cache, so one shard makes the outcome certain.
+    for (session_id_only, shards) in [(false, "--shards=2"), (true, "--shards=1")] {
+        let hub = Hub::start(&[&certs, shards]);
+        register(&hub, "gru-1", "gru.pop", echo_backend(b"gru:"));
+        let client = tls12_client(&ca, session_id_only);
+        let mut first = handshake(hub.tls, &client, "gru.pop.internal", true).unwrap();
+        assert_eq!(
+            first.conn.protocol_version(),
+            Some(rustls::ProtocolVersion::TLSv1_2)
+        );
+        assert_eq!(
+            first.conn.handshake_kind(),
+            Some(rustls::HandshakeKind::Full)
+        );
+        assert_eq!(exchange(&mut first, b"1"), b"gru:1");
+        for _ in 0..4 {
+            let mut again = handshake(hub.tls, &client, "gru.pop.internal", true).unwrap();
+            assert_eq!(
+                again.conn.handshake_kind(),
+                Some(rustls::HandshakeKind::Resumed),
+                "session_id_only={session_id_only}"
+            );
+            assert_eq!(exchange(&mut again, b"2"), b"gru:2");
+        }
+    }
+}
+
+/// A TLS backend behind a PROXY v2 header: reads the header, then completes its own handshake
+/// and tells the client the source address the header named.
+fn tls_backend_behind_proxy_v2(pem: String) -> SocketAddr {
+    use rustls::pki_types::pem::PemObject;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(pem.as_bytes()).unwrap();
+    let cfg = Arc::new(
+        rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap(),
+    );
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            let cfg = cfg.clone();
+            thread::spawn(move || {
+                let (ip, port) = read_proxy_v2(&mut s);
+                let conn = rustls::ServerConnection::new(cfg).unwrap();
+                let mut tls = StreamOwned::new(conn, s);
+                let _ = write!(tls, "client:{ip}:{port}");
+                tls.conn.send_close_notify();
+                let _ = tls.flush();
+                let mut buf = [0u8; 256];
+                let _ = tls.read(&mut buf);
+            });
+        }
+    });
+    addr
+}
+
+/// Reads a PROXY v2 header for a TCP over IPv4 connection; the source address and port.
+fn read_proxy_v2(s: &mut TcpStream) -> (std::net::Ipv4Addr, u16) {
+    let mut h = [0u8; 28];
+    s.read_exact(&mut h).unwrap();
+    assert_eq!(&h[..12], b"\r\n\r\n\0\r\nQUIT\n", "signature");
+    assert_eq!(h[12], 0x21, "version 2, PROXY command");
+    assert_eq!(h[13], 0x11, "TCP over IPv4");
+    assert_eq!(
+        u16::from_be_bytes([h[14], h[15]]),
+        12,
+        "address block length"
+    );
+    let ip = std::net::Ipv4Addr::new(h[16], h[17], h[18], h[19]);
+    (ip, u16::from_be_bytes([h[24], h[25]]))
+}
+
+#[test]
+fn proxy_v2_on_a_passthrough_route_names_the_client() {
+    let ca = Ca::new();
+    let (backend_pem, backend_der) = ca.leaf(&["db.example"]);
+    let hub = Hub::start(&["--tls-route=db.example=db.pop:passthrough:proxy-v2"]);
+    register(
+        &hub,
+        "db-1",
+        "db.pop",
+        tls_backend_behind_proxy_v2(backend_pem),
+    );
+    let mut t = handshake(hub.tls, &ca.client(), "db.example", true).unwrap();
+    // The backend's own certificate: the header went before the untouched ClientHello.
+    assert_eq!(leaf_of(&t), backend_der);
+    let me = t.sock.local_addr().unwrap();
+    let mut got = String::new();
+    let _ = t.read_to_string(&mut got);
+    assert_eq!(got, format!("client:{}:{}", me.ip(), me.port()));
+}
+
+#[test]
+fn proxy_v2_on_the_plain_tcp_proxy_names_the_client() {
+    let hub = Hub::start(&["--proxy-protocol=true"]);
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let backend = l.local_addr().unwrap();
+    thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            let (ip, port) = read_proxy_v2(&mut s);
+            let mut rest = Vec::new();
+            s.read_to_end(&mut rest).unwrap();
+            write!(s, "client:{ip}:{port}:").unwrap();
+            s.write_all(&rest).unwrap();
+            s.shutdown(Shutdown::Write).unwrap();
+        }
+    });
+    register(&hub, "web-1", "web.pop", backend);
+    let mut s = TcpStream::connect_timeout(&hub.proxy, STEP).unwrap();
+    s.set_read_timeout(Some(STEP)).unwrap();
+    let me = s.local_addr().unwrap();
+    s.write_all(b"payload").unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    let mut got = String::new();
+    s.read_to_string(&mut got).unwrap();
+    assert_eq!(got, format!("client:{}:{}:payload", me.ip(), me.port()));
+}
+
+/// The sum of a counter's samples over every shard, from `/metrics`.
+fn metric(hub: &Hub, name: &str) -> f64 {
+    let (status, _, body) =
+        hub.http(b"GET /metrics HTTP/1.1\r\nHost: hub\r\nConnection: close\r\n\r\n");
+    assert_eq!(status, 200);
+    String::from_utf8(body)
+        .unwrap()
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|r| r.starts_with(['{', ' ']))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Polls `/metrics` (bounded) until `name` reaches `want`.
+fn wait_metric(hub: &Hub, name: &str, want: f64) {
+    let deadline = Instant::now() + STEP;
+    loop {
+        let got = metric(hub, name);
+        if got >= want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} stayed at {got}, not {want}"
+        );
+        thread::yield_now();
+    }
+}
+
+#[test]
+fn at_the_handshake_cap_new_connections_are_refused_at_once() {
+    let ca = Ca::new();
+    let dir = StateDir::new();
+    let (pem, _) = ca.leaf(&["*.pop.internal"]);
+    std::fs::write(dir.0.join("c.pem"), &pem).unwrap();
+    let hub = Hub::start(&[
+        &format!("--tls-cert-dir={}", dir.0.display()),
+        "--shards=1",
+        "--tls-max-handshakes=1",
+    ]);
+    register(&hub, "gru-1", "gru.pop", echo_backend(b"gru:"));
+    // A silent client takes the only slot (taken as it is accepted, before any byte).
+    let silent = TcpStream::connect_timeout(&hub.tls, STEP).unwrap();
+    wait_metric(&hub, "edgeproxy_proxy_connections_accepted_total", 1.0);
+    // The next one is closed at once, not queued until the silent one times out (10 s).
+    let mut refused = TcpStream::connect_timeout(&hub.tls, STEP).unwrap();
+    refused.set_read_timeout(Some(STEP)).unwrap();
+    let t0 = Instant::now();
+    let mut buf = [0u8; 16];
+    let n = refused.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0);
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    assert_eq!(metric(&hub, "edgeproxy_tls_handshakes_refused_total"), 1.0);
+    // The slot comes back when the silent client goes (counted as a failed handshake).
+    drop(silent);
+    wait_metric(&hub, "edgeproxy_tls_handshake_failures_total", 1.0);
+    let mut t = handshake(hub.tls, &ca.client(), "gru.pop.internal", true).unwrap();
+    assert_eq!(exchange(&mut t, b"ok"), b"gru:ok");
+}
+
 #[test]
 fn the_handshake_timeout_closes_silent_and_slow_clients() {
     let hub = Hub::start(&["--tls-handshake-timeout-ms=300"]);
@@ -485,6 +758,77 @@ fn reload_changes_new_connections_and_keeps_open_ones() {
     let client = ca.client();
     let t = handshake(hub.tls, &client, "gru.pop.internal", true).unwrap();
     assert_eq!(leaf_of(&t), v2_der);
+}
+
+/// An API request with a bearer token (or none).
+fn api_call(hub: &Hub, method: &str, path: &str, token: Option<&str>) -> (u16, serde_json::Value) {
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let raw = format!(
+        "{method} {path} HTTP/1.1\r\nHost: hub\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    let (status, _, body) = hub.http(raw.as_bytes());
+    (
+        status,
+        serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+#[test]
+fn reload_by_api_call() {
+    let ca = Ca::new();
+    let dir = StateDir::new();
+    let (v1, v1_der) = ca.leaf(&["*.pop.internal"]);
+    let (v2, v2_der) = ca.leaf(&["*.pop.internal"]);
+    let (other, _) = ca.leaf(&["other.example"]);
+    let file = dir.0.join("c.pem");
+    std::fs::write(&file, &v1).unwrap();
+    std::fs::write(dir.0.join("d.pem"), &other).unwrap();
+    let hub = Hub::start_with_env(
+        &[&format!("--tls-cert-dir={}", dir.0.display())],
+        &[("EDGEPROXY_API_TOKEN", "s3cret")],
+    );
+    register_with_token(&hub, "gru-1", "gru.pop", echo_backend(b"gru:"));
+    let t = handshake(hub.tls, &ca.client(), "gru.pop.internal", true).unwrap();
+    assert_eq!(leaf_of(&t), v1_der);
+
+    // A mutating route: the token is needed; only POST.
+    assert_eq!(api_call(&hub, "POST", "/api/v1/tls/reload", None).0, 401);
+    let (status, _) = api_call(&hub, "GET", "/api/v1/tls/reload", Some("s3cret"));
+    assert_eq!(status, 405);
+
+    std::fs::write(&file, &v2).unwrap();
+    let (status, json) = api_call(&hub, "POST", "/api/v1/tls/reload", Some("s3cret"));
+    assert_eq!(status, 200, "{json}");
+    assert_eq!(
+        json,
+        serde_json::json!({"reloaded": true, "certificates": 2})
+    );
+    // The answer came after the swap: a new client (no session to resume) sees v2 at once.
+    let t = handshake(hub.tls, &ca.client(), "gru.pop.internal", true).unwrap();
+    assert_eq!(leaf_of(&t), v2_der);
+
+    // A broken file: 500 naming it, and the certificates in force stay.
+    std::fs::write(&file, "not a certificate").unwrap();
+    let (status, json) = api_call(&hub, "POST", "/api/v1/tls/reload/", Some("s3cret"));
+    assert_eq!(status, 500, "{json}");
+    assert!(json["error"].as_str().unwrap().contains("c.pem"), "{json}");
+    let t = handshake(hub.tls, &ca.client(), "gru.pop.internal", true).unwrap();
+    assert_eq!(leaf_of(&t), v2_der);
+}
+
+fn register_with_token(hub: &Hub, id: &str, app: &str, addr: SocketAddr) {
+    let body = format!(
+        r#"{{"id":"{id}","app":"{app}","region":"sa","ip":"127.0.0.1","port":{}}}"#,
+        addr.port()
+    );
+    let raw = format!(
+        "POST /api/v1/register HTTP/1.1\r\nHost: hub\r\nAuthorization: Bearer s3cret\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let (status, _, _) = hub.http(raw.as_bytes());
+    assert_eq!(status, 201);
 }
 
 #[test]

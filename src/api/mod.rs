@@ -39,6 +39,8 @@ pub struct Control {
     pub store: Option<Store>,
     pub auth: auth::Auth,
     pub stats: routes::ApiStats,
+    /// TLS, when on: for `POST /api/v1/tls/reload`.
+    pub tls: Option<std::sync::Arc<crate::tls::TlsShared>>,
 }
 
 impl Control {
@@ -176,6 +178,7 @@ async fn connection(ctx: &ShardCtx, mut stream: TcpStream, control: &Control) ->
                         store_syncs: control.store.as_ref().map(|s| s.syncs.get()),
                         api: Some(&control.stats),
                         data_plane: Some(&ctx.all_metrics),
+                        tls: control.tls.is_some(),
                     };
                     let draining = crate::shutdown::draining();
                     let resp = match control.auth.check(&req) {
@@ -195,6 +198,12 @@ async fn connection(ctx: &ShardCtx, mut stream: TcpStream, control: &Control) ->
                                 req.path
                             );
                             denied
+                        }
+                        Ok(()) if req.method == http::Method::Post && is_tls_reload(req.path) => {
+                            match &control.tls {
+                                Some(tls) => tls_reload(tls, &peer).await,
+                                None => routes::handle(&req, &mut registry.borrow_mut(), &env),
+                            }
                         }
                         Ok(()) => {
                             let mut reg = registry.borrow_mut();
@@ -305,6 +314,54 @@ async fn connection(ctx: &ShardCtx, mut stream: TcpStream, control: &Control) ->
         if len == 0 {
             request_started = Some(Instant::now());
         }
+    }
+}
+
+fn is_tls_reload(path: &str) -> bool {
+    path.strip_suffix('/').unwrap_or(path) == routes::TLS_RELOAD
+}
+
+/// How long `POST /api/v1/tls/reload` waits for the main thread.
+const TLS_RELOAD_WAIT: Duration = Duration::from_secs(5);
+
+/// `POST /api/v1/tls/reload`: certificates are files, and files are read on the main thread,
+/// never on a shard. So this raises SIGHUP on our own process (the main thread's sigwait takes
+/// it, exactly as `systemctl reload`) and polls, on a timer, for a reload that began after the
+/// request to finish. Other tasks of the shard run meanwhile.
+async fn tls_reload(tls: &crate::tls::TlsShared, peer: &str) -> routes::Response {
+    use routes::Response;
+    let ticket = tls.reloads.ticket();
+    log::info!("api: {peer}: TLS certificate reload requested");
+    // SAFETY: kill and getpid have no memory-safety preconditions.
+    if unsafe { libc::kill(libc::getpid(), libc::SIGHUP) } != 0 {
+        let e = io::Error::last_os_error();
+        return Response::error(500, &format!("cannot signal the main thread: {e}"), None);
+    }
+    let deadline = Instant::now() + TLS_RELOAD_WAIT;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        if let Some(outcome) = tls.reloads.outcome_after(ticket) {
+            return match &*outcome {
+                Ok(n) => Response::json(
+                    200,
+                    serde_json::json!({ "reloaded": true, "certificates": n }),
+                ),
+                Err(e) => Response::error(
+                    500,
+                    &format!("reload failed, the old certificates stay: {e}"),
+                    None,
+                ),
+            };
+        }
+        if Instant::now() >= deadline {
+            return Response::error(
+                503,
+                "the reload did not complete in time (is the hub shutting down?)",
+                None,
+            );
+        }
+        glommio::timer::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(50));
     }
 }
 

@@ -19,7 +19,12 @@ pub struct Env<'a> {
     pub api: Option<&'a ApiStats>,
     /// Every shard's data-plane counters.
     pub data_plane: Option<&'a Metrics>,
+    /// Whether TLS is on (so `/api/v1/tls/reload` exists; its POST is served by the server).
+    pub tls: bool,
 }
+
+/// Reloads the TLS certificates: answered by [`crate::api`] itself, since it waits.
+pub const TLS_RELOAD: &str = "/api/v1/tls/reload";
 
 /// A response to write.
 #[derive(Debug)]
@@ -75,6 +80,7 @@ pub fn backend_json(b: &Backend, now_ms: u64) -> Value {
         "soft_limit": b.soft_limit,
         "hard_limit": b.hard_limit,
         "ttl_secs": b.ttl_secs,
+        "alpn": b.alpn,
         "healthy": b.alive(now_ms),
         "draining": b.live.draining.load(Ordering::Relaxed),
         "connections": b.connections(),
@@ -162,6 +168,8 @@ pub fn handle(req: &Request<'_>, reg: &mut Registry, env: &Env<'_>) -> Response 
             Method::Post => register(req, reg, env),
             _ => Response::not_allowed(req.method_str, "POST"),
         },
+        // A POST with TLS on never gets here (see TLS_RELOAD).
+        TLS_RELOAD if env.tls => Response::not_allowed(req.method_str, "POST"),
         "/api/v1/backends" => match req.method {
             Method::Get => {
                 let list: Vec<Value> = reg.iter().map(|b| backend_json(b, env.now_ms)).collect();
@@ -247,6 +255,7 @@ pub fn route_of(path: &str) -> &'static str {
         "/metrics" => "/metrics",
         "/api/v1/register" => "/api/v1/register",
         "/api/v1/backends" => "/api/v1/backends",
+        TLS_RELOAD => TLS_RELOAD,
         p if p.starts_with("/api/v1/heartbeat/") => "/api/v1/heartbeat/{id}",
         p if p.starts_with("/api/v1/backends/") => "/api/v1/backends/{id}",
         _ => "other",
@@ -354,6 +363,10 @@ mod tests {
     use std::sync::Arc;
 
     fn run(reg: &mut Registry, raw: &str) -> (u16, Value, Option<&'static str>) {
+        run_tls(reg, raw, true)
+    }
+
+    fn run_tls(reg: &mut Registry, raw: &str, tls: bool) -> (u16, Value, Option<&'static str>) {
         let Parsed::Complete(req, _) = parse(raw.as_bytes()) else {
             panic!("bad test request {raw}");
         };
@@ -364,6 +377,7 @@ mod tests {
             store_syncs: Some(3),
             api: None,
             data_plane: None,
+            tls,
         };
         let r = handle(&req, reg, &env);
         let body = if r.content_type == "application/json" {
@@ -427,10 +441,17 @@ mod tests {
         let mut reg = registry();
         let (s, _, allow) = run(&mut reg, "GET /api/v1/register HTTP/1.1\r\n\r\n");
         assert_eq!((s, allow), (405, Some("POST")));
+        // Without TLS the reload route does not exist.
+        for m in ["GET", "POST"] {
+            let raw = format!("{m} /api/v1/tls/reload HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
+            assert_eq!(run_tls(&mut reg, &raw, false).0, 404);
+        }
         let (s, _, allow) = run(&mut reg, "PUT /api/v1/backends/x HTTP/1.1\r\n\r\n");
         assert_eq!((s, allow), (405, Some("GET, DELETE")));
         let (s, _, _) = run(&mut reg, "GET /nope HTTP/1.1\r\n\r\n");
         assert_eq!(s, 404);
+        let (s, _, allow) = run(&mut reg, "GET /api/v1/tls/reload HTTP/1.1\r\n\r\n");
+        assert_eq!((s, allow), (405, Some("POST")));
         let (s, b, _) = run(&mut reg, &post("/api/v1/register", "{"));
         assert_eq!(s, 400);
         assert!(b["error"].as_str().unwrap().contains("malformed JSON"));

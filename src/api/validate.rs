@@ -31,7 +31,44 @@ const KNOWN_FIELDS: &[&str] = &[
     "soft_limit",
     "hard_limit",
     "ttl_secs",
+    "alpn",
 ];
+
+/// At most this many ALPN protocols per backend.
+pub const MAX_ALPN: usize = 8;
+
+/// The optional `alpn` list: 1..=8 tokens of 1..=255 printable ASCII bytes.
+fn alpn(obj: &Map<String, Value>) -> Result<Option<Vec<String>>, Invalid> {
+    let bad = || {
+        invalid(
+            "alpn",
+            format!(
+                "'alpn' must be a list of 1 to {MAX_ALPN} protocol names (1-255 printable ASCII \
+                 characters each), such as [\"h2\",\"http/1.1\"]"
+            ),
+        )
+    };
+    let list = match obj.get("alpn") {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Array(list)) => list,
+        Some(_) => return Err(bad()),
+    };
+    if list.is_empty() || list.len() > MAX_ALPN {
+        return Err(bad());
+    }
+    let mut out = Vec::with_capacity(list.len());
+    for p in list {
+        match p {
+            Value::String(s)
+                if (1..=255).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_graphic()) =>
+            {
+                out.push(s.clone())
+            }
+            _ => return Err(bad()),
+        }
+    }
+    Ok(Some(out))
+}
 
 /// A required, non-empty string field.
 fn string<'a>(obj: &'a Map<String, Value>, field: &'static str) -> Result<&'a str, Invalid> {
@@ -153,6 +190,7 @@ pub fn registration(body: &[u8]) -> Result<BackendSpec, Invalid> {
         }
     }
     let ttl_secs = opt_uint(&obj, "ttl_secs", 0..=365 * 86_400)?;
+    let alpn = alpn(&obj)?;
     Ok(BackendSpec {
         id: id.to_string(),
         app: app.to_ascii_lowercase(),
@@ -164,6 +202,7 @@ pub fn registration(body: &[u8]) -> Result<BackendSpec, Invalid> {
         soft_limit,
         hard_limit,
         ttl_secs,
+        alpn,
     })
 }
 
@@ -205,6 +244,38 @@ mod tests {
             (5, Some(200), Some(300))
         );
         assert_eq!(spec.ttl_secs, Some(0));
+        assert_eq!(spec.alpn, None);
+        let spec = registration(
+            br#"{"id":"b","app":"a","region":"sa","ip":"::1","port":1,"alpn":["h2","http/1.1"]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            spec.alpn,
+            Some(vec!["h2".to_string(), "http/1.1".to_string()])
+        );
+    }
+
+    #[test]
+    fn alpn_errors() {
+        let base = r#""id":"b","app":"a","region":"sa","ip":"10.0.0.1","port":80"#;
+        let long = "x".repeat(256);
+        let nine = ["\"p\""; 9].join(",");
+        for bad in [
+            "[]".to_string(),
+            "\"h2\"".to_string(),
+            "[\"\"]".to_string(),
+            "[\"h 2\"]".to_string(),
+            "[\"h2\\u0000\"]".to_string(),
+            "[\"é\"]".to_string(),
+            "[2]".to_string(),
+            format!("[\"{long}\"]"),
+            format!("[{nine}]"),
+        ] {
+            let e = err(&format!("{{{base},\"alpn\":{bad}}}"));
+            assert_eq!(e.field, Some("alpn"), "{bad}");
+        }
+        let max = format!("[\"{}\"]", "x".repeat(255));
+        assert!(registration(format!("{{{base},\"alpn\":{max}}}").as_bytes()).is_ok());
     }
 
     #[test]

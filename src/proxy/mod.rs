@@ -4,7 +4,7 @@
 //! open forwarded connections at `--max-connections` by not accepting while at the cap (the
 //! kernel backlog holds the rest). Each connection:
 //!
-//! 1. chooses a backend with [`crate::select::pick`] from the snapshot current at that moment
+//! 1. chooses a backend with [`crate::select::pick_where`] from the snapshot current at that moment
 //!    (held only for the decision, never across an await);
 //! 2. connects within `--connect-timeout-ms`; on failure picks again without the backends
 //!    already tried, up to `--connect-tries` backends; with none left the client is closed;
@@ -21,7 +21,7 @@ pub mod splice;
 mod tests;
 
 use crate::registry::Backend;
-use crate::select::{pick, Client, Scope};
+use crate::select::{pick_where, Client, Scope};
 use crate::shard::ShardCtx;
 use glommio::net::{TcpListener, TcpStream};
 use glommio::sync::Semaphore;
@@ -153,11 +153,13 @@ impl Drop for LiveConnection {
 }
 
 /// Chooses a backend for `client_ip` among `app`'s (or every app's) and connects to it, trying
-/// others on failure. `None` when no backend could be reached.
+/// others on failure. `alpn`: only backends that speak this protocol (what a TLS client
+/// negotiated; `None` = any backend). `None` when no backend could be reached.
 pub async fn connect_backend(
     ctx: &ShardCtx,
     client_ip: IpAddr,
     app: Option<&str>,
+    alpn: Option<&[u8]>,
 ) -> Option<(TcpStream, LiveConnection)> {
     let cfg = &ctx.cfg;
     let tries = (cfg.connect_tries as usize).clamp(1, MAX_TRIES);
@@ -169,12 +171,13 @@ pub async fn connect_backend(
             let scope = Scope::of(&snap, app)?;
             let region = cfg.region_map.region_of(client_ip);
             let client = Client::new(client_ip, region);
-            let (backend, _tier) = pick(
+            let (backend, _tier) = pick_where(
                 scope,
                 &client,
                 &cfg.region,
                 crate::clock::now_ms(),
                 &tried_keys[..tried],
+                |b| alpn.is_none_or(|p| b.speaks(p)),
             )?;
             backend.clone()
         };
@@ -208,7 +211,7 @@ async fn proxy_connection(ctx: &ShardCtx, client: TcpStream, app: Option<&str>) 
     // Active from accept to close, whatever the path: what a drain waits for.
     m.proxy_active.add(1);
     let _active = ActiveGuard(&m.proxy_active);
-    let Some((backend, live)) = connect_backend(ctx, peer.ip(), app).await else {
+    let Some((backend, live)) = connect_backend(ctx, peer.ip(), app, None).await else {
         m.proxy_failed.inc();
         log::debug!(
             "shard {}: no backend reachable for {peer} (app {}); closing",

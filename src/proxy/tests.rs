@@ -67,6 +67,7 @@ impl Env {
                 soft_limit: None,
                 hard_limit: None,
                 ttl_secs: Some(0),
+                alpn: None,
             },
             crate::clock::now_ms(),
         );

@@ -40,6 +40,9 @@ pub struct Backend {
     pub hard_limit: Option<u32>,
     /// Heartbeat TTL for this backend: `None` = the hub's default, `Some(0)` = never expires.
     pub ttl_secs: Option<u64>,
+    /// The ALPN protocols the backend speaks, as registered; `None` = `http/1.1` only
+    /// (see [`Backend::speaks`]).
+    pub alpn: Option<Vec<String>>,
     /// Wall-clock registration time (Unix ms) of the first registration of this id.
     pub registered_unix_ms: u64,
     /// A stable 64-bit hash of `id`: the backend's key for rendezvous hashing.
@@ -69,12 +72,25 @@ impl Backend {
         }
     }
 
+    /// Whether the backend speaks the ALPN protocol `proto`. A backend that declared no list is
+    /// taken to speak `http/1.1` only: what an HTTP backend that knows nothing of ALPN speaks.
+    #[inline]
+    pub fn speaks(&self, proto: &[u8]) -> bool {
+        match &self.alpn {
+            None => proto == DEFAULT_ALPN.as_bytes(),
+            Some(list) => list.iter().any(|p| p.as_bytes() == proto),
+        }
+    }
+
     /// Whether this backend may be given new traffic at `now_ms`.
     #[inline]
     pub fn eligible(&self, now_ms: u64) -> bool {
         self.alive(now_ms) && !self.live.draining.load(Ordering::Relaxed) && self.has_capacity()
     }
 }
+
+/// The protocol of a backend that declares no `alpn`.
+pub const DEFAULT_ALPN: &str = "http/1.1";
 
 /// One shard's counter on its own cache line, so shards never write the same line.
 #[derive(Debug, Default)]
@@ -134,6 +150,8 @@ pub struct BackendSpec {
     pub soft_limit: Option<u32>,
     pub hard_limit: Option<u32>,
     pub ttl_secs: Option<u64>,
+    /// ALPN protocols the backend speaks (`None`: `http/1.1` only).
+    pub alpn: Option<Vec<String>>,
 }
 
 impl BackendSpec {
@@ -151,6 +169,7 @@ impl BackendSpec {
             soft_limit: None,
             hard_limit: None,
             ttl_secs: None,
+            alpn: None,
         }
     }
 }
@@ -287,6 +306,7 @@ pub fn stored(b: &Backend) -> StoredBackend {
         soft_limit: b.soft_limit,
         hard_limit: b.hard_limit,
         ttl_secs: b.ttl_secs,
+        alpn: b.alpn.clone(),
         registered_unix_ms: b.registered_unix_ms,
         last_heartbeat_unix_ms: b.live.last_heartbeat_unix_ms.load(Ordering::Relaxed),
     }
@@ -405,6 +425,7 @@ impl Registry {
             soft_limit: spec.soft_limit,
             hard_limit: spec.hard_limit,
             ttl_secs: spec.ttl_secs,
+            alpn: spec.alpn,
             registered_unix_ms,
             live,
         };

@@ -62,6 +62,8 @@ pub struct CertSet {
     pub self_signed: bool,
     /// One line for the log: what was loaded.
     pub summary: String,
+    /// How many certificates (chains) were loaded.
+    pub count: usize,
 }
 
 impl fmt::Debug for CertSet {
@@ -108,6 +110,7 @@ impl CertSet {
             default: loaded[0].key.clone(),
             self_signed,
             summary: summary.join(", "),
+            count: loaded.len(),
         }
     }
 

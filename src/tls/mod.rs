@@ -2,11 +2,13 @@
 //!
 //! Every connection starts the same way: the ClientHello is read (not decrypted) by our own
 //! bounded parser ([`clienthello`]) within the handshake timeout and while holding one of the
-//! shard's handshake slots. Its SNI name chooses the app ([`route`]); a name that maps to no app
+//! shard's handshake slots (none free: closed at once). Its SNI name chooses the app ([`route`]); a name that maps to no app
 //! is answered with an `unrecognized_name` alert. Then either
 //! - **terminate**: the bytes already read are replayed into rustls, which finishes the handshake
-//!   with the certificate chosen by SNI ([`certs`]); the plaintext is copied to a backend chosen
-//!   exactly as the TCP proxy chooses ([`crate::proxy::connect_backend`]), or
+//!   with the certificate chosen by SNI ([`certs`]), offering only the ALPN protocols some
+//!   eligible backend of the app speaks; the plaintext is copied to a backend chosen exactly as
+//!   the TCP proxy chooses ([`crate::proxy::connect_backend`]) among those that speak the
+//!   negotiated protocol, or
 //! - **passthrough** (a `--tls-passthrough` listener or a route marked so): the untouched bytes
 //!   go to the backend, which holds its own certificate, and the rest is spliced like the TCP
 //!   proxy's ([`crate::proxy::forward`]).
@@ -34,17 +36,53 @@ use glommio::net::{TcpListener, TcpStream};
 use glommio::sync::Semaphore;
 use rustls::crypto::CryptoProvider;
 use rustls::server::{ProducesTickets, ServerConfig, ServerSessionMemoryCache};
+use std::cell::RefCell;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+/// Reloads as the main thread does them, for `POST /api/v1/tls/reload` to wait on: a request
+/// takes a [`Reloads::ticket`], raises SIGHUP, and waits for [`Reloads::outcome_after`] it.
+#[derive(Debug)]
+pub struct Reloads {
+    /// Reloads begun.
+    started: AtomicU64,
+    /// Reloads finished; `last` is written before this is bumped.
+    done: AtomicU64,
+    /// The outcome of the last finished reload: certificates loaded, or the error.
+    last: arc_swap::ArcSwap<Result<usize, String>>,
+}
+
+impl Reloads {
+    fn new() -> Reloads {
+        Reloads {
+            started: AtomicU64::new(0),
+            done: AtomicU64::new(0),
+            last: arc_swap::ArcSwap::from_pointee(Ok(0)),
+        }
+    }
+
+    /// Taken before asking for a reload: only a reload that begins after it answers the request
+    /// (one already under way may have read the files before they changed).
+    pub fn ticket(&self) -> u64 {
+        self.started.load(Ordering::Acquire)
+    }
+
+    /// The outcome of a reload begun after `ticket` was taken, once one has finished.
+    pub fn outcome_after(&self, ticket: u64) -> Option<Arc<Result<usize, String>>> {
+        (self.done.load(Ordering::Acquire) > ticket).then(|| self.last.load_full())
+    }
+}
+
 /// What the whole process shares for TLS: certificates, the ticket key, the crypto provider.
 pub struct TlsShared {
     pub certs: Arc<certs::Certs>,
+    pub reloads: Reloads,
     sources: certs::CertSources,
     provider: Arc<CryptoProvider>,
     ticketer: Arc<dyn ProducesTickets>,
@@ -87,18 +125,29 @@ impl TlsShared {
             .map_err(|e| certs::CertError(format!("cannot create the session ticket key: {e}")))?;
         Ok(Arc::new(TlsShared {
             certs: Arc::new(certs::Certs::new(set)),
+            reloads: Reloads::new(),
             sources,
             provider,
             ticketer,
         }))
     }
 
-    /// Reads the certificates again and swaps them in; on error the old ones stay.
+    /// Reads the certificates again and swaps them in; on error the old ones stay. Main thread
+    /// only (file I/O); the outcome is recorded in [`TlsShared::reloads`].
     pub fn reload(&self) -> Result<String, certs::CertError> {
-        let set = certs::CertSet::load(&self.sources, &self.provider)?;
-        let summary = set.summary.clone();
-        self.certs.current.store(Arc::new(set));
-        Ok(summary)
+        self.reloads.started.fetch_add(1, Ordering::AcqRel);
+        let result = certs::CertSet::load(&self.sources, &self.provider).map(|set| {
+            let out = (set.count, set.summary.clone());
+            self.certs.current.store(Arc::new(set));
+            out
+        });
+        let outcome = match &result {
+            Ok((count, _)) => Ok(*count),
+            Err(e) => Err(e.0.clone()),
+        };
+        self.reloads.last.store(Arc::new(outcome));
+        self.reloads.done.fetch_add(1, Ordering::AcqRel);
+        result.map(|(_, summary)| summary)
     }
 
     /// One shard's server configuration.
@@ -114,9 +163,17 @@ impl TlsShared {
     }
 }
 
-/// A shard's TLS state: its acceptor and its handshake slots.
+/// At most this many `--tls-alpn` protocols: a shard keeps one configuration per subset.
+pub const MAX_ALPN: usize = 8;
+
+/// A shard's TLS state: its configurations and its handshake slots.
 pub struct ShardTls {
-    acceptor: TlsAcceptor,
+    /// `--tls-alpn`, in preference order; bit `i` of a subset mask is `alpn[i]`.
+    alpn: Vec<Vec<u8>>,
+    /// One acceptor per subset of `alpn` (index = mask), built the first time it is needed.
+    /// They share the certificates, the session cache and the ticket key.
+    by_subset: RefCell<Vec<Option<TlsAcceptor>>>,
+    base: Arc<ServerConfig>,
     handshakes: Rc<Semaphore>,
 }
 
@@ -125,10 +182,51 @@ impl ShardTls {
         let sc = shared
             .server_config(cfg)
             .map_err(|e| format!("cannot build the TLS configuration: {e}"))?;
+        let alpn = sc.alpn_protocols.clone();
         Ok(Rc::new(ShardTls {
-            acceptor: TlsAcceptor::from(sc),
+            by_subset: RefCell::new(vec![None; 1 << alpn.len()]),
+            alpn,
+            base: sc,
             handshakes: Rc::new(Semaphore::new(cfg.tls.max_handshakes as u64)),
         }))
+    }
+
+    /// Every configured protocol.
+    fn all(&self) -> u32 {
+        (1u32 << self.alpn.len()) - 1
+    }
+
+    /// The configured protocols `b` speaks, as a mask.
+    fn spoken_by(&self, b: &crate::registry::Backend) -> u32 {
+        self.alpn
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| b.speaks(p))
+            .fold(0, |m, (i, _)| m | 1 << i)
+    }
+
+    /// The acceptor that offers exactly the protocols of `mask`.
+    fn acceptor(&self, mask: u32) -> TlsAcceptor {
+        let mut by = self.by_subset.borrow_mut();
+        by[mask as usize]
+            .get_or_insert_with(|| {
+                let mut sc = (*self.base).clone();
+                sc.alpn_protocols = (0..self.alpn.len())
+                    .filter(|i| mask & 1 << i != 0)
+                    .map(|i| self.alpn[i].clone())
+                    .collect();
+                TlsAcceptor::from(Arc::new(sc))
+            })
+            .clone()
+    }
+
+    /// The configured protocol equal to `p`.
+    fn configured(&self, p: Option<&[u8]>) -> Option<&[u8]> {
+        let p = p?;
+        self.alpn
+            .iter()
+            .find(|q| q.as_slice() == p)
+            .map(Vec::as_slice)
     }
 }
 
@@ -284,19 +382,22 @@ async fn connection(
     let _active = ActiveGuard(&m.proxy_active);
     let cfg = &ctx.cfg;
     let deadline = Instant::now() + cfg.tls.handshake_timeout;
+    // A handshake slot is held from accept until the handshake is over. With every slot taken
+    // the connection is closed at once rather than queued: a queued client would hold a socket
+    // and a task while waiting, and mostly time out anyway; closed, it retries or goes to
+    // another hub, and the refusal shows in a metric.
+    let Ok(slot) = tls.handshakes.try_acquire_static_permit(1) else {
+        m.tls_refused.inc();
+        log::debug!("tls {peer}: every handshake slot is taken; closing");
+        return;
+    };
     let mut buf = Vec::with_capacity(2048);
-    // A handshake slot is held from the first byte read until the handshake is over.
     let first = by(deadline, async {
-        let slot = tls
-            .handshakes
-            .acquire_static_permit(1)
-            .await
-            .map_err(|_| Early::TimedOut)?;
         let hello = read_hello(&mut client, &mut buf).await?;
-        Ok((slot, hello))
+        Ok(hello)
     })
     .await;
-    let (slot, hello) = match first {
+    let hello = match first {
         Ok(x) => x,
         Err(e) => {
             m.tls_failures.inc();
@@ -335,7 +436,7 @@ async fn connection(
         proxy_v2.then(|| crate::proxy::proxy_protocol::v2_header(peer, local.unwrap_or(peer)));
     if passthrough {
         drop(slot);
-        let Some((mut backend, live)) = connect_backend(ctx, peer.ip(), app.as_deref()).await
+        let Some((mut backend, live)) = connect_backend(ctx, peer.ip(), app.as_deref(), None).await
         else {
             m.proxy_failed.inc();
             return;
@@ -360,13 +461,29 @@ async fn connection(
         drop(live);
         return;
     }
+    // ALPN: offer only the configured protocols that some eligible backend of the app speaks,
+    // so whatever the client agrees to, a backend speaks it. A client offering none: any.
+    let mask = if hello.alpn.is_empty() {
+        tls.all()
+    } else {
+        let snap = ctx.cell.load();
+        match crate::select::Scope::of(&snap, app.as_deref()) {
+            Some(scope) => {
+                crate::select::union_where(scope, crate::clock::now_ms(), tls.all(), |b| {
+                    tls.spoken_by(b)
+                })
+            }
+            None => 0,
+        }
+    };
+    let acceptor = tls.acceptor(mask);
     let stream = Replay {
         head: buf,
         pos: 0,
         io: client,
     };
     let accepted = by(deadline, async {
-        tls.acceptor.accept(stream).await.map_err(Early::Io)
+        acceptor.accept(stream).await.map_err(Early::Io)
     })
     .await;
     drop(slot);
@@ -383,9 +500,12 @@ async fn connection(
         }
     };
     m.tls_handshakes.inc();
-    let Some((mut backend, live)) = connect_backend(ctx, peer.ip(), app.as_deref()).await else {
+    // A protocol was agreed: only a backend that speaks it.
+    let alpn = tls.configured(tls_stream.get_ref().1.alpn_protocol());
+    let Some((mut backend, live)) = connect_backend(ctx, peer.ip(), app.as_deref(), alpn).await
+    else {
         m.proxy_failed.inc();
-        log::debug!("tls {peer}: no backend reachable (app {app:?}); closing");
+        log::debug!("tls {peer}: no backend reachable (app {app:?}, alpn {alpn:?}); closing");
         let _ = tls_stream.close().await;
         return;
     };

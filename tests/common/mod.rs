@@ -46,7 +46,8 @@ fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
 }
 
 impl Hub {
-    /// Starts the hub with 2 shards, ports from the OS, and `extra` arguments.
+    /// Starts the hub with 2 shards (unless `extra` has `--shards=N`), ports from the OS, and
+    /// `extra` arguments.
     pub fn start(extra: &[&str]) -> Hub {
         Self::start_with_env(extra, &[])
     }
@@ -76,8 +77,11 @@ impl Hub {
         ] {
             cmd.env_remove(k);
         }
+        // 2 shards unless the test asks for another count.
+        if !extra.iter().any(|a| a.starts_with("--shards=")) {
+            cmd.arg("--shards=2");
+        }
         cmd.args([
-            "--shards=2",
             "--listen-addr=127.0.0.1:0",
             "--api-listen-addr=127.0.0.1:0",
             "--dns-listen-addr=127.0.0.1:0",
