@@ -62,6 +62,13 @@ pub struct StoredBackend {
     pub alpn: Option<Vec<String>>,
     pub registered_unix_ms: u64,
     pub last_heartbeat_unix_ms: u64,
+    /// Draining: no new connections or DNS answers (absent = false, as in older files).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub draining: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl StoredBackend {
@@ -553,6 +560,7 @@ mod tests {
             alpn: None,
             registered_unix_ms: at,
             last_heartbeat_unix_ms: at,
+            draining: false,
         }
     }
 

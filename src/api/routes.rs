@@ -189,6 +189,19 @@ pub fn handle(req: &Request<'_>, reg: &mut Registry, env: &Env<'_>) -> Response 
                 }
                 return not_found(id);
             }
+            if let Some(id) = path
+                .strip_prefix("/api/v1/backends/")
+                .and_then(|rest| rest.strip_suffix("/drain"))
+            {
+                if req.method != Method::Post {
+                    return Response::not_allowed(req.method_str, "POST");
+                }
+                if reg.drain(id) {
+                    log::info!("draining backend {id}: no new connections or DNS answers");
+                    return Response::json(200, json!({ "id": id, "draining": true }));
+                }
+                return not_found(id);
+            }
             if let Some(id) = path.strip_prefix("/api/v1/backends/") {
                 if id.contains('/') {
                     return Response::error(404, &format!("no such path: {}", req.path), None);
@@ -257,6 +270,9 @@ pub fn route_of(path: &str) -> &'static str {
         "/api/v1/backends" => "/api/v1/backends",
         TLS_RELOAD => TLS_RELOAD,
         p if p.starts_with("/api/v1/heartbeat/") => "/api/v1/heartbeat/{id}",
+        p if p.starts_with("/api/v1/backends/") && p.ends_with("/drain") => {
+            "/api/v1/backends/{id}/drain"
+        }
         p if p.starts_with("/api/v1/backends/") => "/api/v1/backends/{id}",
         _ => "other",
     }

@@ -309,6 +309,7 @@ pub fn stored(b: &Backend) -> StoredBackend {
         alpn: b.alpn.clone(),
         registered_unix_ms: b.registered_unix_ms,
         last_heartbeat_unix_ms: b.live.last_heartbeat_unix_ms.load(Ordering::Relaxed),
+        draining: b.live.draining.load(Ordering::Relaxed),
     }
 }
 
@@ -479,6 +480,22 @@ impl Registry {
         true
     }
 
+    /// Drains `id`: no new connections or DNS answers from now on, while its open connections
+    /// run to their end. Lifted by re-registering. Needs no republish (an atomic every shard
+    /// reads at decision time), but is persisted. Returns whether the id exists.
+    pub fn drain(&mut self, id: &str) -> bool {
+        let Some(backend) = self.backends.get(id) else {
+            return false;
+        };
+        backend.live.draining.store(true, Ordering::Relaxed);
+        if self.journaling {
+            self.journal.push(Record::Put(stored(backend)));
+        }
+        // Marked as a change so the answer waits for the record to be durable.
+        self.dirty = true;
+        true
+    }
+
     /// Turns on journaling: from now on every change is also recorded for persistence.
     pub fn enable_journal(&mut self) {
         self.journaling = true;
@@ -506,7 +523,13 @@ impl Registry {
                 now_ms + (ttl_ms - age)
             };
             let (registered, last) = (b.registered_unix_ms, b.last_heartbeat_unix_ms);
+            let id = b.id.clone();
             self.insert(b.spec(), deadline, Some(registered), last);
+            if b.draining {
+                if let Some(backend) = self.backends.get(&id) {
+                    backend.live.draining.store(true, Ordering::Relaxed);
+                }
+            }
         }
         self.journaling = journaling;
     }
