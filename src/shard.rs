@@ -103,6 +103,9 @@ fn tcp_listener(addr: SocketAddr, backlog: i32) -> io::Result<Socket> {
     // Accepted sockets inherit TCP_NODELAY on Linux: small request/response traffic must not
     // wait for Nagle.
     sock.set_nodelay(true)?;
+    // With a non-blocking listener glommio's first, synchronous accept attempt skips its
+    // per-accept O_NONBLOCK on/off round trip (vendor/glommio/EDGEPROXY-PATCH.md).
+    sock.set_nonblocking(true)?;
     sock.bind(&SockAddr::from(addr))?;
     sock.listen(backlog)?;
     Ok(sock)

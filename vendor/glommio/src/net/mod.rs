@@ -11,6 +11,15 @@ use std::{io, os::unix::io::RawFd};
 fn yolo_accept(fd: RawFd) -> Option<io::Result<RawFd>> {
     let flags =
         nix::fcntl::OFlag::from_bits(nix::fcntl::fcntl(fd, nix::fcntl::F_GETFL).unwrap()).unwrap();
+    // edgeproxy patch: a listener that is already non-blocking needs no flag round trip (two
+    // fcntl calls per accept saved; io_uring's accept still waits on it, by polling).
+    if flags.contains(nix::fcntl::OFlag::O_NONBLOCK) {
+        return match sys::accept_syscall(fd) {
+            Ok(x) => Some(Ok(x)),
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => None,
+            Err(err) => Some(Err(err)),
+        };
+    }
     nix::fcntl::fcntl(
         fd,
         nix::fcntl::F_SETFL(flags | nix::fcntl::OFlag::O_NONBLOCK),
