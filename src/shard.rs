@@ -109,6 +109,9 @@ fn tcp_listener(addr: SocketAddr, backlog: i32) -> io::Result<Socket> {
     // Accepted sockets inherit TCP_NODELAY on Linux: small request/response traffic must not
     // wait for Nagle.
     sock.set_nodelay(true)?;
+    // With a non-blocking listener glommio's first, synchronous accept attempt skips its
+    // per-accept O_NONBLOCK on/off round trip (vendor/glommio/EDGEPROXY-PATCH.md).
+    sock.set_nonblocking(true)?;
     sock.bind(&SockAddr::from(addr))?;
     sock.listen(backlog)?;
     Ok(sock)
@@ -477,6 +480,7 @@ pub fn start(cfg: Config) -> Result<Hub, StartError> {
             (id == 0).then(|| (registry.take().expect("one API shard"), recovered.take()));
         let ready = ready_tx.clone();
         let tls = tls.clone();
+        glommio::set_coop_taskrun(cfg.io_uring_coop_taskrun);
         let builder = LocalExecutorBuilder::new(Placement::Fixed(cfg.cpus[id]))
             .name(&format!("shard-{id}"))
             .io_memory(IO_MEMORY_PER_SHARD)

@@ -72,11 +72,14 @@ impl Direction {
         }
     }
 
+    /// `other_done`: the opposite direction has finished, so the connection closes as soon as
+    /// this one does.
     fn poll(
         &mut self,
         cx: &mut Context<'_>,
         src: &mut TcpStream,
         dst: &mut TcpStream,
+        other_done: bool,
     ) -> Poll<io::Result<()>> {
         if self.done {
             return Poll::Ready(Ok(()));
@@ -133,8 +136,12 @@ impl Direction {
             }
             if self.eof {
                 // A peer that already went away cannot be half-closed; the other direction
-                // will see the error itself.
-                let _ = splice::shutdown_write(dst.as_raw_fd());
+                // will see the error itself. When the other direction is over, the close that
+                // follows sends the FIN (`dst` has nothing unread: its end of stream was read),
+                // so the shutdown call is skipped.
+                if !other_done {
+                    let _ = splice::shutdown_write(dst.as_raw_fd());
+                }
                 self.done = true;
                 return Poll::Ready(Ok(()));
             }
@@ -164,7 +171,16 @@ impl Direction {
                 }
                 Poll::Ready(Ok(n)) => {
                     if self.auto && n == buf.len() {
-                        self.splice = true;
+                        // A bulk transfer: splice from now on. Only now are the sockets made
+                        // non-blocking, so that small request/response connections never pay
+                        // the fcntl calls; if that fails, keep copying.
+                        self.auto = false;
+                        self.splice = splice::set_nonblocking(src.as_raw_fd())
+                            .and_then(|()| splice::set_nonblocking(dst.as_raw_fd()))
+                            .map_err(|e| {
+                                log::debug!("cannot make sockets non-blocking ({e}); copying")
+                            })
+                            .is_ok();
                     }
                     self.pending = Some(Chunk {
                         buf,
@@ -226,8 +242,9 @@ pub async fn forward(client: TcpStream, backend: TcpStream, opts: Options) -> Ou
         pipe_size,
         idle,
     } = opts;
-    if mode != SpliceMode::Never {
-        // splice(2) would sleep on a blocking socket; without O_NONBLOCK, copy.
+    if mode == SpliceMode::Always {
+        // splice(2) would sleep on a blocking socket; without O_NONBLOCK, copy. (`auto` does
+        // this when a direction switches to splice.)
         if let Err(e) = splice::set_nonblocking(client.as_raw_fd())
             .and_then(|()| splice::set_nonblocking(backend.as_raw_fd()))
         {
@@ -278,8 +295,12 @@ impl Future for Forward {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let before = this.up.moved + this.down.moved;
-        let up = this.up.poll(cx, &mut this.client, &mut this.backend)?;
-        let down = this.down.poll(cx, &mut this.backend, &mut this.client)?;
+        let up = this
+            .up
+            .poll(cx, &mut this.client, &mut this.backend, this.down.done)?;
+        let down = this
+            .down
+            .poll(cx, &mut this.backend, &mut this.client, this.up.done)?;
         if up.is_ready() && down.is_ready() {
             return Poll::Ready(Ok(()));
         }

@@ -66,6 +66,10 @@ pub async fn serve(ctx: Rc<ShardCtx>, listener: TcpListener, app: Option<Rc<str>
     let cap = shard_cap(&ctx);
     let mut last_log_ms: Option<u64> = None;
     let mut suppressed = 0u64;
+    // Whether accepted sockets must be given TCP_NODELAY one by one: unknown until the first
+    // one is looked at. Linux copies it from the listener, and the shard's listeners set it,
+    // so normally that first look is the only setsockopt-related call per listener.
+    let mut set_nodelay: Option<bool> = None;
     loop {
         // At the cap, stop accepting: connections wait in the kernel backlog. Only wait for a
         // free slot here, without keeping it: a slot kept by a listener that nobody connects
@@ -98,6 +102,11 @@ pub async fn serve(ctx: Rc<ShardCtx>, listener: TcpListener, app: Option<Rc<str>
         let Ok(slot) = cap.acquire_static_permit(1).await else {
             return;
         };
+        // Small request/response traffic must not wait for Nagle.
+        let must_set = *set_nodelay.get_or_insert_with(|| !client.nodelay().unwrap_or(false));
+        if must_set {
+            let _ = client.set_nodelay(true);
+        }
         let ctx = ctx.clone();
         let app = app.clone();
         glommio::spawn_local(async move {
@@ -205,7 +214,6 @@ async fn proxy_connection(ctx: &ShardCtx, client: TcpStream, app: Option<&str>) 
     let Ok(peer) = client.peer_addr() else {
         return;
     };
-    let _ = client.set_nodelay(true);
     let m = ctx.metrics();
     m.proxy_accepted.inc();
     // Active from accept to close, whatever the path: what a drain waits for.
