@@ -28,7 +28,7 @@ sel.register(ls, selectors.EVENT_READ)
 held = []
 
 hub = subprocess.Popen([BIN, "--shards", "1", "--listen-addr=127.0.0.1:0",
-                        "--api-listen-addr=127.0.0.1:0", "--dns-enabled=false", *EXTRA],
+                        "--api-listen-addr=127.0.0.1:0", "--dns-enabled=false", "--persist=false", *EXTRA],
                        stderr=subprocess.PIPE, text=True)
 for line in hub.stderr:
     if " ready: " in line:

@@ -45,7 +45,7 @@ def run_mode(mode, backend_port):
     # Ports from the OS: other hubs may run on this machine.
     hub = subprocess.Popen(
         ["taskset", "-c", "0", BIN, "--shards", "1", "--listen-addr=127.0.0.1:0",
-         "--api-listen-addr=127.0.0.1:0", "--dns-enabled=false", f"--splice={mode}"],
+         "--api-listen-addr=127.0.0.1:0", "--dns-enabled=false", "--persist=false", f"--splice={mode}"],
         stderr=subprocess.PIPE, text=True)
     try:
         for line in hub.stderr:

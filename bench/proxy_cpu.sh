@@ -67,7 +67,7 @@ if [ "$BIN" = haproxy ]; then
 else
   EDGEPROXY_LISTEN_ADDR=127.0.0.1:18080 EDGEPROXY_API_LISTEN_ADDR=127.0.0.1:18081 \
     EDGEPROXY_STATE_DIR="$OUT/state" EDGEPROXY_REGION=sa \
-    taskset -c 0 "$BIN" --shards 1 >"$OUT/proxy.log" 2>&1 &
+    taskset -c 0 "$BIN" --shards 1 --persist=false >"$OUT/proxy.log" 2>&1 &
   HUB=$!
 fi
 PIDS+=("$HUB")

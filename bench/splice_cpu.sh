@@ -43,7 +43,7 @@ for round in $(seq "$REPEAT"); do
     pipe=262144
     [[ $spec == *:* ]] && pipe=${spec#*:}
     LOG=$(mktemp)
-    taskset -c 0 $BIN --shards 1 --listen-addr 127.0.0.1:0 --api-listen-addr 127.0.0.1:0 \
+    taskset -c 0 $BIN --shards 1 --persist=false --listen-addr 127.0.0.1:0 --api-listen-addr 127.0.0.1:0 \
       --dns-enabled false --splice "$mode" --splice-pipe-size "$pipe" 2>"$LOG" &
     HUB=$!
     for _ in $(seq 100); do grep -q ' ready: ' "$LOG" && break; sleep 0.05; done
