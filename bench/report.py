@@ -115,7 +115,7 @@ def render_compare(c):
          "target's utime+stime (process tree, all threads) over the measured window; *run-queue "
          "wait* is the share of that window the target was runnable while something else held its "
          "core (other builds on this machine): above ~5 % the figures of that row are disturbed "
-         "(such runs were run again once and the quieter attempt kept). `direct` is the "
+         "(such runs were run again once and the quieter attempt kept; ⚠ marks rows still above 5 %). `direct` is the "
          "client talking to the backend with no proxy: the physical limit. Ratios compare medians.", ""]
     for scen, (title, unit, cpu_unit) in SCEN.items():
         rows = agg.get(scen)
@@ -141,7 +141,8 @@ def render_compare(c):
             errs = f" ({a['errors']:,} errors)" if a["errors"] else ""
             line = (f"| {t} | {p}{errs} | {show_rate(scen, a)} | {fmt(a['p50_us'])} | {fmt(a['p99_us'])} | "
                     f"{fmt(a['per_unit'], 2 if scen == 'tcp-bulk' else None)} | {fmt(a['cpu_pct'])} | "
-                    f"{fmt(a['runq_pct'])}{' (max ' + fmt(a['runq_max']) + ')' if a['runs'] > 1 and a.get('runq_max') is not None else ''} |")
+                    f"{fmt(a['runq_pct'])}{' (max ' + fmt(a['runq_max']) + ')' if a['runs'] > 1 and a.get('runq_max') is not None else ''}"
+                    f"{' ⚠' if (a.get('runq_pct') or 0) > 5 else ''} |")
             if base:
                 line += f" {ratio(rate_of(a), rate_of(b)) if b else '–'} |"
             if o and t != "ours":
@@ -204,7 +205,7 @@ def render_targets(agg, m):
     o = find(agg, "api-register", "ours")
     if o:
         L.append(f"| API ≥ 20,000 durable registrations/s | {fmt(o['rate'])}/s | {verdict(o['rate'], 20000, False)} |")
-    big = [(p, a) for (t, p), a in agg.get("publish-latency", {}).items() if not p.startswith("10 ")]
+    big = [(p, a) for (t, p), a in agg.get("publish-latency", {}).items() if not p.startswith("10 backends")]
     if big:
         p, a = big[0]
         L.append(f"| publish latency p99 < 1 ms at 10,000 backends | {fmt(a['p99_us'])} µs ({p}) | {verdict(a['p99_us'], 1000, True)} |")
@@ -226,9 +227,11 @@ def render_micro(mi):
     for b in sorted(mi["benches"], key=lambda b: (b["group"], b["order"])):
         L.append(f"| {b['group']} | {b['case']} | {ns(b['mean_ns'])} | {ns(b['lo_ns'])} – {ns(b['hi_ns'])} |")
     L += ["", "Reading: `registry_publish/one_change/*` is one re-registration plus the publish "
-          "it triggers; only the changed app's group is rebuilt, so its cost grows with the size "
-          "of that app (and, much more slowly, with the number of apps); `full_build` is every "
-          "app dirty at once (a restore).", ""]
+          "it triggers. Only the changed app's group is rebuilt, so the cost grows with the size "
+          "of that app, but the new snapshot's app table is rebuilt too, so it also grows with the "
+          "number of apps (compare `one_change/N_apps_x1` across N). `full_build` is every app "
+          "dirty at once (a restore). `select_pick` and `dns_respond` on a large app grow "
+          "linearly with the app's backends (rendezvous scoring visits each).", ""]
     return L
 
 
