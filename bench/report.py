@@ -37,7 +37,8 @@ def stored(kind):
 
 
 def med(rows, key):
-    vals = [r[key] for r in rows if r.get(key) is not None]
+    # a negative wait means the process had already exited at the second sample: unknown
+    vals = [r[key] for r in rows if r.get(key) is not None and not (key.endswith("runq_pct") and r[key] < 0)]
     return statistics.median(vals) if vals else None
 
 
@@ -84,7 +85,7 @@ def aggregate(results):
         groups.setdefault((r["scenario"], r["target"], r["params"]), []).append(r)
     for (scen, target, params), rows in groups.items():
         agg = {k: med(rows, k) for k in
-               ("rate", "bytes_per_s", "p50_us", "p99_us", "p999_us", "cpu_pct", "runq_pct", "rss_kb")}
+               ("rate", "bytes_per_s", "p50_us", "p99_us", "p999_us", "cpu_pct", "runq_pct", "gen_runq_pct", "rss_kb")}
         agg["runs"] = len(rows)
         agg["errors"] = sum(r.get("errors", 0) for r in rows)
         agg["runq_max"] = max((r.get("runq_pct") or 0) for r in rows) if rows[0].get("runq_pct") is not None else None
@@ -115,7 +116,7 @@ def render_compare(c):
          "target's utime+stime (process tree, all threads) over the measured window; *run-queue "
          "wait* is the share of that window the target was runnable while something else held its "
          "core (other builds on this machine): above ~5 % the figures of that row are disturbed "
-         "(such runs were run again once and the quieter attempt kept; ⚠ marks rows still above 5 %). `direct` is the "
+         "(such runs were run again once and the quieter attempt kept; ⚠ marks rows still above 5 %); *edgebench wait* is the same for the generator on core 1. Note that `direct` puts the client and the backend on the same core (1), so for request/response and connection scenarios it is not an upper bound: there a proxy adds a core. `direct` is the "
          "client talking to the backend with no proxy: the physical limit. Ratios compare medians.", ""]
     for scen, (title, unit, cpu_unit) in SCEN.items():
         rows = agg.get(scen)
@@ -125,8 +126,8 @@ def render_compare(c):
         params = sorted({p for (_, p) in rows})
         ours = {p: rows.get(("ours", p)) for p in params}
         base = BASE.get(scen)
-        head = f"| target | load | {unit} | p50 µs | p99 µs | {cpu_unit} | target CPU % | run-queue wait % |"
-        sep = "|---|---|---|---|---|---|---|---|"
+        head = f"| target | load | {unit} | p50 µs | p99 µs | {cpu_unit} | target CPU % | run-queue wait % | edgebench wait % |"
+        sep = "|---|---|---|---|---|---|---|---|---|"
         if base:
             head += f" × {base} |"
             sep += "---|"
@@ -142,7 +143,8 @@ def render_compare(c):
             line = (f"| {t} | {p}{errs} | {show_rate(scen, a)} | {fmt(a['p50_us'])} | {fmt(a['p99_us'])} | "
                     f"{fmt(a['per_unit'], 2 if scen == 'tcp-bulk' else None)} | {fmt(a['cpu_pct'])} | "
                     f"{fmt(a['runq_pct'])}{' (max ' + fmt(a['runq_max']) + ')' if a['runs'] > 1 and a.get('runq_max') is not None else ''}"
-                    f"{' ⚠' if (a.get('runq_pct') or 0) > 5 else ''} |")
+                    f"{' ⚠' if (a.get('runq_pct') or 0) > 5 else ''} | {fmt(a.get('gen_runq_pct'))}"
+                    f"{' ⚠' if (a.get('gen_runq_pct') or 0) > 5 else ''} |")
             if base:
                 line += f" {ratio(rate_of(a), rate_of(b)) if b else '–'} |"
             if o and t != "ours":
