@@ -203,7 +203,7 @@ def render_targets(agg, m):
         x = o["rate"] / h["rate"]
         L.append(f"| TLS ≥ 1.5× HAProxy handshakes | {x:.2f}× | {verdict(x, 1.5, False)} |")
     elif h:
-        L.append(f"| TLS ≥ 1.5× HAProxy handshakes | HAProxy {fmt(h['rate'])}/s, {fmt(h['per_unit'])} µs CPU each | ours {m.get('tls_ours') or 'not measured'} |")
+        L.append(f"| TLS ≥ 1.5× HAProxy handshakes | HAProxy {fmt(h['rate'])}/s, {fmt(h['per_unit'])} µs CPU each | {m.get('tls_ours') or 'ours not measured'} |")
     o = find(agg, "api-register", "ours")
     if o:
         L.append(f"| API ≥ 20,000 durable registrations/s | {fmt(o['rate'])}/s | {verdict(o['rate'], 20000, False)} |")
