@@ -252,18 +252,12 @@ pub async fn forward(client: TcpStream, backend: TcpStream, opts: Options) -> Ou
             mode = SpliceMode::Never;
         }
     }
-    let idle_ms = idle.as_millis().max(1) as u64;
-    let now = crate::clock::now_ms();
     let mut fwd = Forward {
         client,
         backend,
         up: Direction::new(mode, pipe_size),
         down: Direction::new(mode, pipe_size),
-        idle_ms,
-        last_active_ms: now,
-        timer_due_ms: now + idle_ms,
-        timer: glommio::timer::Timer::new(Duration::from_millis(idle_ms)),
-        armed: false,
+        idle: super::idle::IdleTimer::new(idle),
     };
     let result = (&mut fwd).await;
     fwd.up.release();
@@ -280,13 +274,7 @@ struct Forward {
     backend: TcpStream,
     up: Direction,
     down: Direction,
-    idle_ms: u64,
-    last_active_ms: u64,
-    /// When `timer` fires, in [`crate::clock::now_ms`] time: before that, a wake-up cannot be the
-    /// timer and the timer need not be polled (polling it re-registers it, which costs).
-    timer_due_ms: u64,
-    timer: glommio::timer::Timer,
-    armed: bool,
+    idle: super::idle::IdleTimer,
 }
 
 impl Future for Forward {
@@ -304,26 +292,8 @@ impl Future for Forward {
         if up.is_ready() && down.is_ready() {
             return Poll::Ready(Ok(()));
         }
-        let now = crate::clock::now_ms();
-        if this.up.moved + this.down.moved != before {
-            this.last_active_ms = now;
-        }
-        if !this.armed || now >= this.timer_due_ms {
-            let silent = now.saturating_sub(this.last_active_ms);
-            if silent >= this.idle_ms {
-                return Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "idle timeout: no byte moved either way",
-                )));
-            }
-            let wait = this.idle_ms - silent;
-            // Integer ms: the timer fires at or after `now + wait` in clock ms, never before.
-            this.timer_due_ms = now + wait;
-            this.timer.reset(Duration::from_millis(wait));
-            // Registers the timer with this task's waker; it cannot be due yet.
-            let _ = Pin::new(&mut this.timer).poll(cx);
-            this.armed = true;
-        }
+        let moved = this.up.moved + this.down.moved != before;
+        this.idle.check(cx, moved)?;
         Poll::Pending
     }
 }

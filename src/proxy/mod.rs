@@ -14,6 +14,7 @@
 //! Never blocks, never locks, never allocates per forwarded chunk.
 
 mod forward;
+pub(crate) mod idle;
 pub mod pool;
 pub mod proxy_protocol;
 pub mod splice;

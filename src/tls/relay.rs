@@ -114,18 +114,12 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    let idle_ms = idle.as_millis().max(1) as u64;
-    let now = crate::clock::now_ms();
     let mut r = Relay {
         client,
         backend,
         up: Half::new(),
         down: Half::new(),
-        idle_ms,
-        last_active_ms: now,
-        timer_due_ms: now + idle_ms,
-        timer: glommio::timer::Timer::new(Duration::from_millis(idle_ms)),
-        armed: false,
+        idle: crate::proxy::idle::IdleTimer::new(idle),
     };
     let result = (&mut r).await;
     Outcome {
@@ -140,11 +134,7 @@ struct Relay<'a, C, B> {
     backend: &'a mut B,
     up: Half,
     down: Half,
-    idle_ms: u64,
-    last_active_ms: u64,
-    timer_due_ms: u64,
-    timer: glommio::timer::Timer,
-    armed: bool,
+    idle: crate::proxy::idle::IdleTimer,
 }
 
 impl<C, B> Future for Relay<'_, C, B>
@@ -162,24 +152,8 @@ where
         if up.is_ready() && down.is_ready() {
             return Poll::Ready(Ok(()));
         }
-        let now = crate::clock::now_ms();
-        if this.up.moved + this.down.moved != before {
-            this.last_active_ms = now;
-        }
-        if !this.armed || now >= this.timer_due_ms {
-            let silent = now.saturating_sub(this.last_active_ms);
-            if silent >= this.idle_ms {
-                return Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "idle timeout: no byte moved either way",
-                )));
-            }
-            let wait = this.idle_ms - silent;
-            this.timer_due_ms = now + wait;
-            this.timer.reset(Duration::from_millis(wait));
-            let _ = Pin::new(&mut this.timer).poll(cx);
-            this.armed = true;
-        }
+        let moved = this.up.moved + this.down.moved != before;
+        this.idle.check(cx, moved)?;
         Poll::Pending
     }
 }
