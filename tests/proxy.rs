@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Hub, STEP};
+use common::{echo_backend, Hub, STEP};
 use std::collections::hash_map::DefaultHasher;
 use std::hash::Hasher;
 use std::io::{Read, Write};
@@ -73,28 +73,6 @@ fn wait_connections_zero(hub: &Hub, id: &str) {
         assert!(Instant::now() < deadline, "{id} still counts connections");
         thread::yield_now();
     }
-}
-
-/// A backend answering each connection with `tag`, then echoing to end of stream.
-fn echo_backend(tag: &'static [u8]) -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { return };
-            thread::spawn(move || {
-                let _ = s.write_all(tag);
-                let mut buf = [0u8; 16 * 1024];
-                while let Ok(n) = s.read(&mut buf) {
-                    if n == 0 || s.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-                let _ = s.shutdown(Shutdown::Write);
-            });
-        }
-    });
-    addr
 }
 
 fn echo_once(addr: SocketAddr) -> Vec<u8> {

@@ -4,31 +4,12 @@
 
 mod common;
 
-use common::{dns_query, Hub, StateDir};
+use common::{dns_query, echo_backend, Hub, StateDir};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-fn echo_backend() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for c in l.incoming() {
-            let Ok(mut c) = c else { break };
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 256];
-                while let Ok(n) = c.read(&mut buf) {
-                    if n == 0 || c.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
 
 #[derive(Default)]
 struct Tally {
@@ -83,7 +64,7 @@ fn client(proxy: SocketAddr, dns: SocketAddr, stop: Arc<AtomicBool>, tally: Arc<
 fn takeover_refuses_no_connection_and_loses_no_query() {
     let dir = StateDir::new();
     let mut old = Hub::start_in(&dir.0, &[], &[]);
-    let backend = echo_backend();
+    let backend = echo_backend(b"");
     old.register("echo", "echo", "sa", "127.0.0.1", backend.port());
 
     let stop = Arc::new(AtomicBool::new(false));

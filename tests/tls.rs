@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{Hub, StateDir, STEP};
+use common::{echo_backend, Hub, StateDir, STEP};
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 use std::io::{Read, Write};
@@ -107,28 +107,6 @@ fn exchange(tls: &mut Tls, msg: &[u8]) -> Vec<u8> {
     let mut got = Vec::new();
     tls.read_to_end(&mut got).unwrap();
     got
-}
-
-/// A backend answering each connection with `tag`, then echoing to end of stream.
-fn echo_backend(tag: &'static [u8]) -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { return };
-            thread::spawn(move || {
-                let _ = s.write_all(tag);
-                let mut buf = [0u8; 16 * 1024];
-                while let Ok(n) = s.read(&mut buf) {
-                    if n == 0 || s.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-                let _ = s.shutdown(Shutdown::Write);
-            });
-        }
-    });
-    addr
 }
 
 /// A backend that reads one chunk and answers an HTTP/1.1 response with body `tag`, then closes.

@@ -406,6 +406,30 @@ pub fn tcp_dns_on(s: &mut TcpStream, query: &[u8]) -> Vec<u8> {
     reply
 }
 
+/// A backend (a thread on 127.0.0.1) answering each connection with `tag` (may be empty), then
+/// echoing everything to end of stream, then closing its write side.
+pub fn echo_backend(tag: &'static [u8]) -> SocketAddr {
+    use std::net::Shutdown;
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            std::thread::spawn(move || {
+                let _ = s.write_all(tag);
+                let mut buf = [0u8; 16 * 1024];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 || s.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                let _ = s.shutdown(Shutdown::Write);
+            });
+        }
+    });
+    addr
+}
+
 /// The ten backends of the seed's field test: (id, app, region, ip).
 pub const SEED: [(&str, &str, &str, &str); 10] = [
     ("pop-gru", "gru.pop", "sa", "10.50.1.1"),
