@@ -415,6 +415,12 @@ pub struct Args {
     #[arg(long, env = "EDGEPROXY_DRAIN_TIMEOUT_SECS", default_value_t = 30)]
     pub drain_timeout_secs: u64,
 
+    /// The environment file this hub was started with (the unit's EnvironmentFile=): SIGHUP
+    /// re-reads it, applies the log level live and logs which other settings changed and need a
+    /// restart.
+    #[arg(long, env = "EDGEPROXY_CONFIG_FILE")]
+    pub config_file: Option<std::path::PathBuf>,
+
     /// Log level filter when RUST_LOG is not set (error, warn, info, debug, trace). DEBUG=1 means debug.
     #[arg(long, env = "EDGEPROXY_LOG_LEVEL", default_value = "info")]
     pub log_level: String,

@@ -37,6 +37,7 @@ pub mod names;
 pub mod notify;
 pub mod proxy;
 pub mod registry;
+pub mod reload;
 pub mod select;
 pub mod shard;
 pub mod shutdown;

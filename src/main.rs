@@ -8,12 +8,23 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-fn init_logging(level: &str) {
+/// Sets up the logger. Without `RUST_LOG`, the level is the one global maximum that SIGHUP can
+/// change live ([`edgeproxy::reload`]); `RUST_LOG`'s per-module filters are fixed at startup.
+/// Returns whether `RUST_LOG` fixed them.
+fn init_logging(level: &str) -> bool {
     let mut builder = env_logger::Builder::new();
     let debug = std::env::var("DEBUG").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false");
-    builder.parse_filters(if debug { "debug" } else { level });
-    if let Ok(filters) = std::env::var("RUST_LOG") {
-        builder.parse_filters(&filters);
+    let level = if debug { "debug" } else { level };
+    let rust_log = std::env::var("RUST_LOG").ok();
+    match &rust_log {
+        Some(filters) => {
+            builder.parse_filters(level);
+            builder.parse_filters(filters);
+        }
+        // Let every record through the logger's own filter; the global maximum decides.
+        None => {
+            builder.filter_level(log::LevelFilter::Trace);
+        }
     }
     builder
         .format(|buf, record| {
@@ -27,6 +38,10 @@ fn init_logging(level: &str) {
             )
         })
         .init();
+    if rust_log.is_none() {
+        log::set_max_level(level.parse().unwrap_or(log::LevelFilter::Info));
+    }
+    rust_log.is_some()
 }
 
 /// The command line: the hub's settings, or a subcommand with its own.
@@ -65,7 +80,8 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    init_logging(&args.log_level);
+    let rust_log_fixed = init_logging(&args.log_level);
+    let config_file = args.config_file.clone();
     let cfg = match Config::from_args(args, &allowed_cpus()) {
         Ok(cfg) => cfg,
         Err(e) => {
@@ -150,19 +166,32 @@ fn main() -> ExitCode {
     });
     loop {
         match sys::wait_signal(&SIGNALS) {
-            Ok(libc::SIGHUP) => match &tls {
-                // Certificates are read here, on the main thread, never on a shard; open
-                // connections keep the certificate they were served.
-                Some(tls) => match tls.reload() {
-                    Ok(summary) => log::info!("SIGHUP: tls certificates reloaded: {summary}"),
-                    Err(e) => {
-                        log::error!("SIGHUP: tls reload failed, keeping the old certificates: {e}")
+            Ok(libc::SIGHUP) => {
+                if let Some(path) = &config_file {
+                    match edgeproxy::reload::reload(path, rust_log_fixed) {
+                        Ok(pending) if pending.is_empty() => {}
+                        Ok(pending) => log::warn!(
+                            "SIGHUP: {} changed {} and take effect only on restart (edgeproxy --takeover makes it seamless)",
+                            path.display(),
+                            pending.join(", ")
+                        ),
+                        Err(e) => log::error!("SIGHUP: cannot read {}: {e}", path.display()),
                     }
-                },
-                None => log::info!(
-                    "SIGHUP: TLS is off; nothing else is reloadable (restart to change settings)"
-                ),
-            },
+                }
+                match &tls {
+                    // Certificates are read here, on the main thread, never on a shard; open
+                    // connections keep the certificate they were served.
+                    Some(tls) => match tls.reload() {
+                        Ok(summary) => log::info!("SIGHUP: tls certificates reloaded: {summary}"),
+                        Err(e) => {
+                            log::error!(
+                                "SIGHUP: tls reload failed, keeping the old certificates: {e}"
+                            )
+                        }
+                    },
+                    None => log::info!("SIGHUP: TLS is off; no certificates to reload"),
+                }
+            }
             Ok(sig) => {
                 log::info!(
                     "signal {sig}: draining (no new connections; open ones get {:?})",
