@@ -3,7 +3,7 @@
 //! the hub acknowledges a registration until DNS answers it from every source port, hence on
 //! every shard the kernel spreads those ports to).
 
-use super::{backoff, connect, io_kind, watched};
+use super::{backoff, connect, ensure_connected, io_kind, watched};
 use crate::cli::{ApiRegister, PublishLatency};
 use crate::dnswire;
 use crate::http;
@@ -107,16 +107,9 @@ pub async fn register_worker(ctx: &ShardCtx, p: &RegisterPlan, worker: usize) {
     let mut owed = 0u32;
     let mut id = String::new();
     while let Some(due) = ctx.next().await {
-        if conn.is_none() {
-            match connect(p.target, ctx.timeout).await {
-                Ok(s) => conn = Some(s),
-                Err(kind) => {
-                    ctx.record(due, Err(kind));
-                    backoff(ctx).await;
-                    continue;
-                }
-            }
-        }
+        let Some(s) = ensure_connected(ctx, &mut conn, p.target, due).await else {
+            continue;
+        };
         let (req, register) = if owed > 0 {
             owed -= 1;
             (
@@ -136,7 +129,6 @@ pub async fn register_worker(ctx: &ShardCtx, p: &RegisterPlan, worker: usize) {
             owed = p.heartbeats;
             (http::post_json("/api/v1/register", &body), true)
         };
-        let s = conn.as_mut().expect("connected above");
         let fd = s.as_raw_fd();
         let r = match watched(&watch, fd, ctx.timeout, call(s, &req, &mut buf)).await {
             Ok(st) if (200..300).contains(&st) => Ok(Done {

@@ -5,7 +5,7 @@
 //! rcode; a reply whose id is not the one in flight (a late answer to a query that timed out)
 //! is skipped, not counted.
 
-use super::{backoff, connect, io_kind, watched, Prepared};
+use super::{backoff, ensure_connected, io_kind, watched, Prepared};
 use crate::cli::Dns;
 use crate::dnswire::{self, Query};
 use crate::pace::Take;
@@ -302,16 +302,9 @@ pub async fn tcp_worker(ctx: &ShardCtx, p: &DnsPlan, worker: usize) {
     let mut frame = Vec::with_capacity(514);
     let mut buf = vec![0u8; 65535];
     while let Some(due) = ctx.next().await {
-        if conn.is_none() {
-            match connect(p.target, ctx.timeout).await {
-                Ok(s) => conn = Some(s),
-                Err(kind) => {
-                    ctx.record(due, Err(kind));
-                    backoff(ctx).await;
-                    continue;
-                }
-            }
-        }
+        let Some(s) = ensure_connected(ctx, &mut conn, p.target, due).await else {
+            continue;
+        };
         let q = &p.queries[i];
         i = (i + 1) % p.queries.len();
         id = id.wrapping_add(1);
@@ -319,7 +312,6 @@ pub async fn tcp_worker(ctx: &ShardCtx, p: &DnsPlan, worker: usize) {
         frame.extend_from_slice(&(q.wire.len() as u16).to_be_bytes());
         frame.extend_from_slice(&q.wire);
         dnswire::set_id(&mut frame[2..], id);
-        let s = conn.as_mut().expect("connected above");
         let fd = s.as_raw_fd();
         let r = watched(&watch, fd, ctx.timeout, async {
             s.write_all(&frame).await.map_err(io_kind)?;

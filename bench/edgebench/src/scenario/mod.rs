@@ -154,6 +154,28 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, E
     Ok(s)
 }
 
+/// The worker's kept-alive connection, connecting first if there is none. A failed connect is
+/// recorded against the operation due at `due`, followed by a short [`backoff`]; `None` then
+/// tells the worker to go on to its next operation.
+pub async fn ensure_connected<'c>(
+    ctx: &ShardCtx,
+    conn: &'c mut Option<TcpStream>,
+    target: SocketAddr,
+    due: std::time::Instant,
+) -> Option<&'c mut TcpStream> {
+    if conn.is_none() {
+        match connect(target, ctx.timeout).await {
+            Ok(s) => *conn = Some(s),
+            Err(kind) => {
+                ctx.record(due, Err(kind));
+                backoff(ctx).await;
+                return None;
+            }
+        }
+    }
+    conn.as_mut()
+}
+
 /// Runs `op` on socket `fd` with the worker's watch armed for `timeout`: if the watchdog had
 /// to shut the socket down, the operation counts as a timeout whatever it returned (the
 /// caller must then drop the connection).

@@ -3,7 +3,7 @@
 //! request (`tcp-connect`). Requests are either `--size` bytes to an echo backend or, with
 //! `--http PATH`, one HTTP/1.1 GET per request.
 
-use super::{backoff, connect, io_kind, watched};
+use super::{ensure_connected, io_kind, watched};
 use crate::cli::{RrEngine, TcpBulk, TcpRr};
 use crate::run::ShardCtx;
 use crate::stats::{Done, ErrorKind};
@@ -146,17 +146,9 @@ pub async fn rr_worker(ctx: &ShardCtx, p: &RrPlan) {
     let mut conn: Option<TcpStream> = None;
     let mut buf = Vec::with_capacity(p.size.max(4096));
     while let Some(due) = ctx.next().await {
-        if conn.is_none() {
-            match connect(p.target, ctx.timeout).await {
-                Ok(s) => conn = Some(s),
-                Err(kind) => {
-                    ctx.record(due, Err(kind));
-                    backoff(ctx).await;
-                    continue;
-                }
-            }
-        }
-        let s = conn.as_mut().expect("connected above");
+        let Some(s) = ensure_connected(ctx, &mut conn, p.target, due).await else {
+            continue;
+        };
         let fd = s.as_raw_fd();
         let r = watched(&watch, fd, ctx.timeout, exchange(s, p, &mut buf)).await;
         // A failed exchange leaves the connection in an unknown state; so does a
@@ -174,17 +166,9 @@ pub async fn bulk_worker(ctx: &ShardCtx, p: &BulkPlan) {
     let chunk: Vec<u8> = (0..p.size).map(|i| (i % 251) as u8).collect();
     let mut conn: Option<TcpStream> = None;
     while let Some(due) = ctx.next().await {
-        if conn.is_none() {
-            match connect(p.target, ctx.timeout).await {
-                Ok(s) => conn = Some(s),
-                Err(kind) => {
-                    ctx.record(due, Err(kind));
-                    backoff(ctx).await;
-                    continue;
-                }
-            }
-        }
-        let s = conn.as_mut().expect("connected above");
+        let Some(s) = ensure_connected(ctx, &mut conn, p.target, due).await else {
+            continue;
+        };
         let fd = s.as_raw_fd();
         let r = watched(&watch, fd, ctx.timeout, async {
             s.write_all(&chunk).await.map_err(io_kind)
