@@ -21,6 +21,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, OnceLock};
 use std::time::Duration;
 
 const SOCKET_FILE: &str = "handover.sock";
@@ -30,6 +31,9 @@ const GREETING: &[u8] = b"TAKEOVER\n";
 /// Sent by this process's own main thread on a plain shutdown: close the duplicates, so the
 /// listening sockets really close and new connections are refused.
 const RELEASE: &[u8] = b"RELEASE!\n";
+/// Sent by this process's own main thread after a reload changed the sockets: apply the
+/// queued [`Update`]s now.
+const UPDATE: &[u8] = b"UPDATE!!\n";
 
 static HANDED_OVER: AtomicBool = AtomicBool::new(false);
 
@@ -54,11 +58,53 @@ pub struct Inherited {
     pub fd: OwnedFd,
 }
 
+/// A change to the set of sockets offered, made by a reload ([`offer`], [`forget`]).
+enum Update {
+    Offer(Vec<(Describe, OwnedFd)>),
+    Forget(SocketAddr),
+}
+
+/// Where the main thread sends [`Update`]s; the handover thread applies them before it hands
+/// anything over (a channel between two plain threads; no shard is involved).
+static UPDATES: OnceLock<(mpsc::Sender<Update>, PathBuf)> = OnceLock::new();
+
+/// Queues `update` and wakes the handover thread to apply it at once.
+fn send_update(update: Update) {
+    let Some((tx, path)) = UPDATES.get() else {
+        return;
+    };
+    if tx.send(update).is_err() {
+        return;
+    }
+    if let Ok(mut conn) = UnixStream::connect(path) {
+        let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+        if conn.write_all(UPDATE).is_ok() {
+            let mut ack = [0u8; 3];
+            let _ = conn.read_exact(&mut ack);
+        }
+    }
+}
+
+/// Offers more listening sockets to a successor (route listeners a reload added).
+pub fn offer(sockets: Vec<(Describe, OwnedFd)>) {
+    send_update(Update::Offer(sockets));
+}
+
+/// Stops offering the sockets listening on `addr` (a route a reload removed): a duplicate kept
+/// here would keep its listener open, and the kernel would queue connections nobody accepts.
+pub fn forget(addr: SocketAddr) {
+    send_update(Update::Forget(addr));
+}
+
 /// Serves takeover requests on `<dir>/handover.sock` from a plain thread (never a shard).
 /// After handing its sockets over, the process drains itself as on SIGTERM.
-pub fn serve(dir: &Path, sockets: Vec<(Describe, OwnedFd)>) -> io::Result<()> {
+pub fn serve(dir: &Path, mut sockets: Vec<(Describe, OwnedFd)>) -> io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
+    // One process serves once; a second call (tests) keeps the first channel's receiver
+    // unused, so its updates are simply not applied.
     let path = dir.join(SOCKET_FILE);
+    let (tx, updates) = mpsc::channel();
+    let _ = UPDATES.set((tx, path.clone()));
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path)?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
@@ -67,15 +113,25 @@ pub fn serve(dir: &Path, sockets: Vec<(Describe, OwnedFd)>) -> io::Result<()> {
         .spawn(move || {
             for conn in listener.incoming() {
                 let Ok(mut conn) = conn else { continue };
+                for update in updates.try_iter() {
+                    match update {
+                        Update::Offer(more) => sockets.extend(more),
+                        Update::Forget(addr) => sockets.retain(|(d, _)| d.addr != addr),
+                    }
+                }
                 match hand_over(&mut conn, &sockets) {
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                    Ok(Served::Updated) => {
+                        // Applied above, before the greeting was read.
+                        let _ = conn.write_all(b"ok\n");
+                    }
+                    Ok(Served::Released) => {
                         // Our own shutdown: drop the duplicates and stop offering takeover.
                         let _ = std::fs::remove_file(&path);
                         drop(sockets);
                         let _ = conn.write_all(b"ok\n");
                         return;
                     }
-                    Ok(()) => {
+                    Ok(Served::HandedOver) => {
                         log::info!("handover: sockets handed to a new process; draining");
                         HANDED_OVER.store(true, Ordering::SeqCst);
                         let _ = std::fs::remove_file(&path);
@@ -91,12 +147,24 @@ pub fn serve(dir: &Path, sockets: Vec<(Describe, OwnedFd)>) -> io::Result<()> {
     Ok(())
 }
 
-fn hand_over(conn: &mut UnixStream, sockets: &[(Describe, OwnedFd)]) -> io::Result<()> {
+/// What a connection to the handover socket asked for, and got.
+enum Served {
+    HandedOver,
+    /// This process's own shutdown.
+    Released,
+    /// This process's own reload changed the sockets offered.
+    Updated,
+}
+
+fn hand_over(conn: &mut UnixStream, sockets: &[(Describe, OwnedFd)]) -> io::Result<Served> {
     conn.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut greeting = [0u8; GREETING.len()];
     conn.read_exact(&mut greeting)?;
     if greeting == RELEASE {
-        return Err(io::Error::new(io::ErrorKind::Interrupted, "released"));
+        return Ok(Served::Released);
+    }
+    if greeting == UPDATE {
+        return Ok(Served::Updated);
     }
     if greeting != GREETING {
         return Err(io::Error::new(
@@ -111,7 +179,8 @@ fn hand_over(conn: &mut UnixStream, sockets: &[(Describe, OwnedFd)]) -> io::Resu
         crate::sys::send_fds(conn.as_raw_fd(), &payload, &fds)?;
     }
     crate::sys::send_fds(conn.as_raw_fd(), b"[]", &[])?;
-    conn.flush()
+    conn.flush()?;
+    Ok(Served::HandedOver)
 }
 
 /// On a plain shutdown (no successor): makes this process's handover thread close its

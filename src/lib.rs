@@ -32,6 +32,7 @@ pub mod dns;
 pub mod doctor;
 pub mod geo;
 pub mod handover;
+pub mod live;
 pub mod metrics;
 pub mod names;
 pub mod notify;

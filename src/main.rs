@@ -106,7 +106,7 @@ fn main() -> ExitCode {
         eprintln!("edgeproxy: cannot block signals: {e}");
         return ExitCode::from(2);
     }
-    let hub = match edgeproxy::shard::start(cfg) {
+    let mut hub = match edgeproxy::shard::start(cfg) {
         Ok(hub) => hub,
         Err(e) => {
             log::error!("{e}");
@@ -156,6 +156,7 @@ fn main() -> ExitCode {
     }));
     let metrics = hub.metrics.clone();
     let tls = hub.tls.clone();
+    let live = hub.live.take().expect("the hub's live settings");
     // A shard that stops on its own is a bug: do not keep half a hub running.
     std::thread::spawn(move || {
         let result = hub.join();
@@ -169,12 +170,30 @@ fn main() -> ExitCode {
             Ok(libc::SIGHUP) => {
                 if let Some(path) = &config_file {
                     match edgeproxy::reload::reload(path, rust_log_fixed) {
-                        Ok(pending) if pending.is_empty() => {}
-                        Ok(pending) => log::warn!(
-                            "SIGHUP: {} changed {} and take effect only on restart (edgeproxy --takeover makes it seamless)",
-                            path.display(),
-                            pending.join(", ")
-                        ),
+                        Ok(reread) => {
+                            if !reread.need_restart.is_empty() {
+                                log::warn!(
+                                    "SIGHUP: {} changed {} and take effect only on restart (edgeproxy --takeover makes it seamless)",
+                                    path.display(),
+                                    reread.need_restart.join(", ")
+                                );
+                            }
+                            match edgeproxy::live::plan(
+                                &reread.vars,
+                                |k| std::env::var_os(k).is_some(),
+                                live.startup(),
+                                live.proxy_port(),
+                            ) {
+                                Ok(wanted) => {
+                                    for change in live.apply(wanted) {
+                                        log::info!("SIGHUP: {change}");
+                                    }
+                                }
+                                Err(e) => {
+                                    log::error!("SIGHUP: {}: {e}; routes unchanged", path.display())
+                                }
+                            }
+                        }
                         Err(e) => log::error!("SIGHUP: cannot read {}: {e}", path.display()),
                     }
                 }

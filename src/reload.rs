@@ -2,7 +2,8 @@
 //!
 //! `--config-file` (`EDGEPROXY_CONFIG_FILE`) names the environment file the service was started
 //! with (the unit's `EnvironmentFile=`). On SIGHUP the main thread re-reads it and applies what
-//! can change live: the log level (`EDGEPROXY_LOG_LEVEL`, or `DEBUG`). Every other
+//! can change live: the log level (`EDGEPROXY_LOG_LEVEL`, or `DEBUG`) here, and the TCP and TLS
+//! routes ([`crate::live`], applied by the caller, which owns the listeners). Every other
 //! `EDGEPROXY_*` setting whose value in the file differs from the running one is logged as
 //! needing a restart (`--takeover` makes that seamless), so an operator never believes a change
 //! took effect when it did not. Runs on the main thread only: file reads never reach a shard.
@@ -46,10 +47,20 @@ pub fn log_level(vars: &BTreeMap<String, String>) -> Option<log::LevelFilter> {
         .and_then(|v| v.trim().parse::<log::LevelFilter>().ok())
 }
 
+/// What a re-read of the config file found.
+#[derive(Debug)]
+pub struct Reread {
+    /// Every `KEY=VALUE` of the file.
+    pub vars: BTreeMap<String, String>,
+    /// Settings that differ from the running process's environment and are not applied live:
+    /// they need a restart.
+    pub need_restart: Vec<String>,
+}
+
 /// Re-reads `path`: applies the log level (unless `RUST_LOG` fixed the filters at startup) and
-/// returns the settings that differ from the running process's environment and so need a
-/// restart.
-pub fn reload(path: &Path, rust_log_fixed: bool) -> io::Result<Vec<String>> {
+/// returns the file's settings with those that need a restart. The live ones of
+/// [`crate::live`] are applied by the caller, which owns the listeners.
+pub fn reload(path: &Path, rust_log_fixed: bool) -> io::Result<Reread> {
     let text = std::fs::read_to_string(path)?;
     let vars = parse_env_file(&text);
     if !rust_log_fixed {
@@ -61,12 +72,16 @@ pub fn reload(path: &Path, rust_log_fixed: bool) -> io::Result<Vec<String>> {
         }
     }
     let live = ["EDGEPROXY_LOG_LEVEL", "EDGEPROXY_CONFIG_FILE"];
-    Ok(vars
+    let need_restart = vars
         .iter()
-        .filter(|(k, _)| k.starts_with("EDGEPROXY_") && !live.contains(&k.as_str()))
+        .filter(|(k, _)| k.starts_with("EDGEPROXY_"))
+        .filter(|(k, _)| {
+            !live.contains(&k.as_str()) && !crate::live::LIVE_VARS.contains(&k.as_str())
+        })
         .filter(|(k, v)| std::env::var(k).ok().as_deref() != Some(v.as_str()))
         .map(|(k, _)| k.clone())
-        .collect())
+        .collect();
+    Ok(Reread { vars, need_restart })
 }
 
 #[cfg(test)]

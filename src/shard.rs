@@ -18,7 +18,7 @@ use std::cell::RefCell;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{FromRawFd, IntoRawFd};
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,6 +39,8 @@ pub struct ShardCtx {
     pub started_unix_ms: u64,
     /// Every shard's counters; this shard writes only its own ([`ShardCtx::metrics`]).
     pub all_metrics: Arc<crate::metrics::Metrics>,
+    /// Route listeners and TLS routes, replaced on SIGHUP ([`crate::live`]).
+    pub live: Arc<crate::live::LiveCell>,
 }
 
 impl ShardCtx {
@@ -60,10 +62,16 @@ impl fmt::Display for StartError {
 }
 
 /// The addresses the hub actually listens on (port 0 resolved).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct BoundAddrs {
     pub proxy: SocketAddr,
     pub routes: Vec<(SocketAddr, String)>,
+    /// The route listeners with their sockets parked for the shards, and duplicates of those
+    /// sockets for a successor (`--takeover`); taken by [`start`].
+    live_routes: Vec<(
+        crate::live::LiveRoute,
+        Vec<(crate::handover::Describe, OwnedFd)>,
+    )>,
     pub api: Option<SocketAddr>,
     pub dns: Option<SocketAddr>,
     /// The TLS listener (termination); `None` when TLS is off.
@@ -140,7 +148,7 @@ fn local_addr(sock: &Socket) -> io::Result<SocketAddr> {
 /// Sockets inherited from the previous process (`--takeover`), used instead of binding anew
 /// when kind, address and shard match.
 #[derive(Default)]
-struct Binder {
+pub(crate) struct Binder {
     inherited: Vec<Option<crate::handover::Inherited>>,
 }
 
@@ -149,7 +157,10 @@ impl Binder {
     fn take(&mut self, kind: &str, addr: SocketAddr, shard: usize) -> Option<Socket> {
         let slot = self.inherited.iter_mut().find(|s| {
             s.as_ref().is_some_and(|s| {
-                s.what.kind == kind
+                // Hubs before live routes described route sockets as `route:<app>`.
+                let same_kind = s.what.kind == kind
+                    || (kind == ROUTE_KIND && s.what.kind.starts_with("route:"));
+                same_kind
                     && s.what.shard == shard
                     && s.what.addr.ip() == addr.ip()
                     && (addr.port() == 0 || s.what.addr.port() == addr.port())
@@ -186,6 +197,43 @@ fn bind_tcp_n(
     }
     Ok((bound, socks))
 }
+
+/// Binds one TCP route listener per shard on the proxy's host address (a socket inherited
+/// from `--takeover` when one matches), parked for the shards, with duplicates for a successor.
+pub(crate) fn bind_route(
+    cfg: &Config,
+    route: &crate::config::Route,
+    binder: &mut Binder,
+) -> Result<
+    (
+        crate::live::RouteListener,
+        Vec<(crate::handover::Describe, OwnedFd)>,
+    ),
+    StartError,
+> {
+    let addr = SocketAddr::new(cfg.listen_addr.ip(), route.port);
+    let what = format!("the TCP route for {}", route.app);
+    let (bound, socks) = bind_tcp_n(&what, ROUTE_KIND, addr, cfg.shards, cfg.backlog, binder)?;
+    let mut dups = Vec::new();
+    for (shard, sock) in socks.iter().enumerate() {
+        if let Ok(dup) = sock.try_clone() {
+            let what = crate::handover::Describe {
+                kind: ROUTE_KIND.into(),
+                addr: bound,
+                shard,
+            };
+            dups.push((what, OwnedFd::from(dup)));
+        }
+    }
+    Ok((
+        crate::live::RouteListener::new(route.port, bound, socks),
+        dups,
+    ))
+}
+
+/// The handover kind of TCP route listeners (which app they serve is configuration, not part
+/// of the socket: a successor whose route on that port serves another app takes it too).
+const ROUTE_KIND: &str = "route";
 
 /// Binds DNS on UDP and TCP, the same port for both, `n` of each.
 fn bind_dns(
@@ -259,15 +307,17 @@ fn bind_all(
         s.proxies.push((sock, None));
     }
     let mut routes = Vec::new();
+    let mut live_routes = Vec::new();
     for route in &cfg.routes {
-        let addr = SocketAddr::new(cfg.listen_addr.ip(), route.port);
-        let what = format!("the TCP route for {}", route.app);
-        let kind = format!("route:{}", route.app);
-        let (bound, socks) = bind_tcp_n(&what, &kind, addr, n, cfg.backlog, binder)?;
-        for (s, sock) in shards.iter_mut().zip(socks) {
-            s.proxies.push((sock, Some(route.app.clone())));
-        }
-        routes.push((bound, route.app.clone()));
+        let (listener, dups) = bind_route(cfg, route, binder)?;
+        routes.push((listener.addr, route.app.clone()));
+        live_routes.push((
+            crate::live::LiveRoute {
+                listener: Arc::new(listener),
+                app: route.app.clone(),
+            },
+            dups,
+        ));
     }
     let dns = match cfg.dns_listen_addr {
         Some(addr) => {
@@ -316,6 +366,7 @@ fn bind_all(
         BoundAddrs {
             proxy,
             routes,
+            live_routes,
             api,
             dns,
             tls,
@@ -349,6 +400,9 @@ pub struct Hub {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Certificates and ticket key: what SIGHUP reloads. `None` when TLS is off.
     pub tls: Option<Arc<crate::tls::TlsShared>>,
+    /// Route listeners and TLS routes: what SIGHUP re-reads from the config file (taken by
+    /// the thread that waits for signals).
+    pub live: Option<LiveReloader>,
     handles: Vec<glommio::ExecutorJoinHandle<()>>,
 }
 
@@ -362,6 +416,92 @@ impl Hub {
             }
         }
         result
+    }
+}
+
+/// Applies new live settings ([`crate::live`]) from the main thread, never from a shard.
+pub struct LiveReloader {
+    cfg: Arc<Config>,
+    cell: Arc<crate::live::LiveCell>,
+    /// The live settings as the process started (what a file without them falls back to).
+    startup: crate::live::Wanted,
+}
+
+impl LiveReloader {
+    pub fn startup(&self) -> &crate::live::Wanted {
+        &self.startup
+    }
+
+    /// The proxy's configured port (routes may not reuse it).
+    pub fn proxy_port(&self) -> u16 {
+        self.cfg.listen_addr.port()
+    }
+
+    /// Makes `wanted` the live settings: binds added routes (one that cannot bind is logged
+    /// and left out; the others apply), retires removed ones, re-points changed ones, and
+    /// swaps the TLS routes. Returns one line per change, for the log.
+    pub fn apply(&self, wanted: crate::live::Wanted) -> Vec<String> {
+        use crate::live::{diff, Live, LiveRoute};
+        let current = self.cell.load_full();
+        let d = diff(&current.routes, &wanted.routes);
+        let mut changes = Vec::new();
+        let mut routes: Vec<LiveRoute> = Vec::new();
+        for r in &current.routes {
+            if d.remove.contains(&r.listener.id) {
+                changes.push(format!(
+                    "tcp route {} (app {}) removed; its open connections run on",
+                    r.listener.addr, r.app
+                ));
+                crate::handover::forget(r.listener.addr);
+                continue;
+            }
+            let mut r = r.clone();
+            if let Some((_, app)) = d.change.iter().find(|(id, _)| *id == r.listener.id) {
+                changes.push(format!(
+                    "tcp route {} now serves app {app} (was {})",
+                    r.listener.addr, r.app
+                ));
+                r.app = app.clone();
+            }
+            routes.push(r);
+        }
+        for route in &d.add {
+            match bind_route(&self.cfg, route, &mut Binder::default()) {
+                Ok((listener, dups)) => {
+                    changes.push(format!(
+                        "tcp route listening on {} (app {}), {} shards",
+                        listener.addr, route.app, self.cfg.shards
+                    ));
+                    crate::handover::offer(dups);
+                    routes.push(LiveRoute {
+                        listener: Arc::new(listener),
+                        app: route.app.clone(),
+                    });
+                }
+                Err(e) => log::error!("reload: {e}; the other changes apply"),
+            }
+        }
+        if wanted.tls != current.tls {
+            changes.push(format!(
+                "tls routes: {} (default app {})",
+                wanted
+                    .tls
+                    .routes
+                    .iter()
+                    .map(|r| format!("{}={}", r.name, r.app))
+                    .collect::<Vec<_>>()
+                    .join(","),
+                wanted.tls.default_app.as_deref().unwrap_or("none")
+            ));
+        }
+        if !changes.is_empty() {
+            self.cell.store(Live {
+                generation: current.generation + 1,
+                routes,
+                tls: wanted.tls,
+            });
+        }
+        changes
     }
 }
 
@@ -410,7 +550,7 @@ pub fn start(cfg: Config) -> Result<Hub, StartError> {
             }
         }
     }
-    let (addrs, sockets) = bind_all(&cfg, &mut binder)?;
+    let (mut addrs, sockets) = bind_all(&cfg, &mut binder)?;
     for d in binder.leftovers() {
         log::warn!(
             "takeover: closing the inherited {} socket {} of shard {}: this hub has no use for it (connections queued on it are lost)",
@@ -419,7 +559,24 @@ pub fn start(cfg: Config) -> Result<Hub, StartError> {
             d.shard
         );
     }
-    let handover_fds = describe(&sockets);
+    let mut handover_fds = describe(&sockets);
+    let mut routes = Vec::new();
+    for (route, dups) in std::mem::take(&mut addrs.live_routes) {
+        routes.push(route);
+        handover_fds.extend(dups);
+    }
+    let startup = crate::live::Wanted {
+        routes: cfg.routes.clone(),
+        tls: crate::live::TlsRoutes {
+            routes: cfg.tls.routes.clone(),
+            default_app: cfg.tls.default_app.clone(),
+        },
+    };
+    let live = Arc::new(crate::live::LiveCell::new(crate::live::Live {
+        generation: 0,
+        routes,
+        tls: startup.tls.clone(),
+    }));
     let cfg = Arc::new(cfg);
     let cell = Arc::new(SnapshotCell::new());
     // The registry is built (and restored from disk) before any shard runs, so no shard ever
@@ -475,6 +632,7 @@ pub fn start(cfg: Config) -> Result<Hub, StartError> {
             cell: cell.clone(),
             started_unix_ms,
             all_metrics: all_metrics.clone(),
+            live: live.clone(),
         };
         let control =
             (id == 0).then(|| (registry.take().expect("one API shard"), recovered.take()));
@@ -512,6 +670,11 @@ pub fn start(cfg: Config) -> Result<Hub, StartError> {
         cell,
         metrics: all_metrics,
         tls,
+        live: Some(LiveReloader {
+            cfg,
+            cell: live,
+            startup,
+        }),
         handles,
     })
 }
@@ -530,7 +693,7 @@ fn describe(shards: &[ShardSockets]) -> Vec<(crate::handover::Describe, std::os:
     for (i, s) in shards.iter().enumerate() {
         for (sock, app) in &s.proxies {
             let kind = match app {
-                Some(app) => format!("route:{app}"),
+                Some(_) => ROUTE_KIND.into(),
                 None => "proxy".into(),
             };
             add(kind, sock, i);
@@ -579,14 +742,21 @@ async fn run_shard(
     let mut tasks = Vec::new();
     for (sock, app) in socks.proxies {
         let listener = glommio_tcp(sock);
+        let serves = match app {
+            Some(app) => crate::proxy::Serves::App(Rc::from(app)),
+            None => crate::proxy::Serves::Every,
+        };
         // Accept loops end when draining starts: dropping them closes the listeners, while
         // the connections they spawned run on to their end.
         tasks.push(glommio::spawn_local(until_drain(crate::proxy::serve(
             ctx.clone(),
             listener,
-            app.map(Rc::from),
+            serves,
         ))));
     }
+    // Route listeners: those of startup now, those a reload adds when the watcher sees them.
+    start_routes(&ctx);
+    tasks.push(glommio::spawn_local(watch_routes(ctx.clone())));
     let tls_for_api = tls.clone();
     if let Some(shared) = tls {
         let shard_tls = match crate::tls::ShardTls::new(&shared, &ctx.cfg) {
@@ -670,6 +840,52 @@ async fn run_shard(
     for t in tasks {
         t.await;
     }
+}
+
+/// Starts the accept loops of every route listener whose socket for this shard is parked.
+fn start_routes(ctx: &Rc<ShardCtx>) {
+    let live = ctx.live.load();
+    for r in &live.routes {
+        if let Some(sock) = r.listener.take(ctx.id) {
+            let id = r.listener.id;
+            let ctx = ctx.clone();
+            glommio::spawn_local(until_drain(serve_route(ctx, glommio_tcp(sock), id))).detach();
+        }
+    }
+}
+
+/// Looks for route listeners added by a reload until draining starts.
+async fn watch_routes(ctx: Rc<ShardCtx>) {
+    let mut seen = ctx.live.load().generation;
+    while !crate::shutdown::draining() {
+        glommio::timer::sleep(crate::shutdown::POLL).await;
+        let generation = ctx.live.load().generation;
+        if generation != seen {
+            seen = generation;
+            start_routes(&ctx);
+        }
+    }
+}
+
+/// One route listener's accept loop, until a reload removes the route (which closes the
+/// listener; forwarded connections run on).
+async fn serve_route(ctx: Rc<ShardCtx>, listener: glommio::net::TcpListener, id: u64) {
+    let removed = {
+        let ctx = ctx.clone();
+        async move {
+            loop {
+                glommio::timer::sleep(crate::shutdown::POLL).await;
+                if ctx.live.load().app_of(id).is_none() {
+                    return;
+                }
+            }
+        }
+    };
+    futures_lite::future::or(
+        crate::proxy::serve(ctx, listener, crate::proxy::Serves::Route(id)),
+        removed,
+    )
+    .await
 }
 
 /// Logs one line per listener.

@@ -62,9 +62,22 @@ pub(crate) fn shard_cap(ctx: &Rc<ShardCtx>) -> Rc<Semaphore> {
     })
 }
 
-/// Serves one proxy listener (`app`: the app it serves; `None` = every app).
-pub async fn serve(ctx: Rc<ShardCtx>, listener: TcpListener, app: Option<Rc<str>>) {
+/// What a proxy listener serves.
+#[derive(Debug, Clone)]
+pub enum Serves {
+    /// Every app (the main proxy listener).
+    Every,
+    /// One fixed app.
+    App(Rc<str>),
+    /// The app of live route listener `id` ([`crate::live`]): it may change on SIGHUP.
+    Route(u64),
+}
+
+/// Serves one proxy listener.
+pub async fn serve(ctx: Rc<ShardCtx>, listener: TcpListener, serves: Serves) {
     let cap = shard_cap(&ctx);
+    // A route's app, as of live generation `.0` (re-read only when the generation changes).
+    let mut route_app: Option<(u64, Option<Rc<str>>)> = None;
     let mut last_log_ms: Option<u64> = None;
     let mut suppressed = 0u64;
     // Whether accepted sockets must be given TCP_NODELAY one by one: unknown until the first
@@ -108,8 +121,25 @@ pub async fn serve(ctx: Rc<ShardCtx>, listener: TcpListener, app: Option<Rc<str>
         if must_set {
             let _ = client.set_nodelay(true);
         }
+        let app = match &serves {
+            Serves::Every => None,
+            Serves::App(app) => Some(app.clone()),
+            Serves::Route(id) => {
+                let live = ctx.live.load();
+                if route_app
+                    .as_ref()
+                    .is_none_or(|(g, _)| *g != live.generation)
+                {
+                    route_app = Some((live.generation, live.app_of(*id).map(Rc::from)));
+                }
+                match route_app.as_ref().and_then(|(_, app)| app.clone()) {
+                    Some(app) => Some(app),
+                    // The route was just removed: its listener closes within a poll.
+                    None => return,
+                }
+            }
+        };
         let ctx = ctx.clone();
-        let app = app.clone();
         glommio::spawn_local(async move {
             proxy_connection(&ctx, client, app.as_deref()).await;
             drop(slot);

@@ -2,7 +2,7 @@
 //! listeners, the backends and the clients are all tasks of that executor, so a test ends with
 //! everything it started.
 
-use super::serve;
+use super::{serve, Serves};
 use crate::config::{Config, SpliceMode};
 use crate::registry::{BackendSpec, Registry, SnapshotCell};
 use crate::shard::ShardCtx;
@@ -39,6 +39,7 @@ impl Env {
             cell,
             started_unix_ms: 0,
             all_metrics: Arc::new(crate::metrics::Metrics::new(1)),
+            live: Arc::new(crate::live::LiveCell::default()),
         });
         let any = TcpListener::bind("127.0.0.1:0").unwrap();
         let bulk = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -48,8 +49,8 @@ impl Env {
             proxy: any.local_addr().unwrap(),
             bulk_route: bulk.local_addr().unwrap(),
         };
-        glommio::spawn_local(serve(ctx.clone(), any, None)).detach();
-        glommio::spawn_local(serve(ctx, bulk, Some(Rc::from("bulk")))).detach();
+        glommio::spawn_local(serve(ctx.clone(), any, Serves::Every)).detach();
+        glommio::spawn_local(serve(ctx, bulk, Serves::App(Rc::from("bulk")))).detach();
         env
     }
 

@@ -248,6 +248,7 @@ pub enum Decision {
 /// client without SNI goes to the default app, or to every app like the TCP proxy's listener.
 pub fn route(
     cfg: &Config,
+    table: &crate::live::TlsRoutes,
     sni: Option<&str>,
     app_exists: impl Fn(&str) -> bool,
     listener_passthrough: bool,
@@ -259,9 +260,9 @@ pub fn route(
         proxy_v2: t.proxy_protocol || r.is_some_and(|r| r.proxy_v2),
     };
     let Some(name) = sni else {
-        return forward(t.default_app.as_deref(), None);
+        return forward(table.default_app.as_deref(), None);
     };
-    if let Some(r) = t.routes.iter().find(|r| r.name == name) {
+    if let Some(r) = table.routes.iter().find(|r| r.name == name) {
         return forward(Some(&r.app), Some(r));
     }
     if let Some(app) = name
@@ -272,7 +273,7 @@ pub fn route(
             return forward(Some(app), None);
         }
     }
-    match &t.default_app {
+    match &table.default_app {
         Some(app) => forward(Some(app), None),
         None => Decision::Unrecognized,
     }
@@ -414,8 +415,10 @@ async fn connection(
     };
     let decision = {
         let snap = ctx.cell.load();
+        let live = ctx.live.load();
         route(
             cfg,
+            &live.tls,
             hello.sni.as_deref(),
             |app| snap.app(app).is_some(),
             listener_passthrough,
@@ -583,6 +586,13 @@ mod tests {
         Config::from_args(Args::parse_from(full), &[0]).unwrap()
     }
 
+    fn table_of(c: &Config) -> crate::live::TlsRoutes {
+        crate::live::TlsRoutes {
+            routes: c.tls.routes.clone(),
+            default_app: c.tls.default_app.clone(),
+        }
+    }
+
     fn fwd(app: Option<&str>, passthrough: bool, proxy_v2: bool) -> Decision {
         Decision::Forward {
             app: app.map(str::to_string),
@@ -597,44 +607,49 @@ mod tests {
             "--tls-route=www.example.com=web.pop",
             "--tls-route=db.example.com=db.pop:passthrough:proxy-v2",
         ]);
+        let table = table_of(&c);
         let exists = |a: &str| a == "gru.pop" || a == "web.pop";
         assert_eq!(
-            route(&c, Some("gru.pop.internal"), exists, false),
+            route(&c, &table, Some("gru.pop.internal"), exists, false),
             fwd(Some("gru.pop"), false, false)
         );
         assert_eq!(
-            route(&c, Some("www.example.com"), exists, false),
+            route(&c, &table, Some("www.example.com"), exists, false),
             fwd(Some("web.pop"), false, false)
         );
         assert_eq!(
-            route(&c, Some("db.example.com"), exists, false),
+            route(&c, &table, Some("db.example.com"), exists, false),
             fwd(Some("db.pop"), true, true)
         );
         // No such app, no such route: refused. No SNI: every app.
         assert_eq!(
-            route(&c, Some("iad.pop.internal"), exists, false),
+            route(&c, &table, Some("iad.pop.internal"), exists, false),
             Decision::Unrecognized
         );
         assert_eq!(
-            route(&c, Some("internal"), exists, false),
+            route(&c, &table, Some("internal"), exists, false),
             Decision::Unrecognized
         );
         assert_eq!(
-            route(&c, Some("x.example.org"), exists, false),
+            route(&c, &table, Some("x.example.org"), exists, false),
             Decision::Unrecognized
         );
-        assert_eq!(route(&c, None, exists, true), fwd(None, true, false));
+        assert_eq!(
+            route(&c, &table, None, exists, true),
+            fwd(None, true, false)
+        );
     }
 
     #[test]
     fn the_default_app_takes_unknown_names() {
         let c = cfg(&["--tls-default-app=gru.pop", "--tls-proxy-protocol=true"]);
+        let table = table_of(&c);
         assert_eq!(
-            route(&c, Some("nothing.example"), |_| false, false),
+            route(&c, &table, Some("nothing.example"), |_| false, false),
             fwd(Some("gru.pop"), false, true)
         );
         assert_eq!(
-            route(&c, None, |_| false, false),
+            route(&c, &table, None, |_| false, false),
             fwd(Some("gru.pop"), false, true)
         );
     }
