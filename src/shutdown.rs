@@ -38,14 +38,16 @@ pub async fn drain_started() {
 }
 
 /// Runs an accept loop until it completes or draining starts, whichever is first; dropping it
-/// closes its listener.
+/// closes its listener (the successor's copy stays open after a handover).
 ///
-/// After a handover the loop is *not* dropped: its listener is shared with the successor, and
-/// dropping an accept that io_uring is already carrying out would lose the connection it takes.
-/// Each accept loop instead stops by itself after its next connection ([`stop_accepting`]).
+/// Dropping is safe because an accept never has a connection in flight: glommio's accept is
+/// patched to wait with a poll and take the connection with a plain `accept4`
+/// (`vendor/glommio/EDGEPROXY-PATCH.md`), and the loop counts the connection active before it
+/// yields again. A connection is therefore either still queued in the listener (the
+/// successor takes it) or counted, and the drain waits for it.
 pub async fn until_drain(fut: impl Future<Output = ()>) {
     let stop = async {
-        while !draining() || crate::handover::handed_over() {
+        while !draining() {
             glommio::timer::sleep(POLL).await;
         }
     };

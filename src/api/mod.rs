@@ -110,8 +110,7 @@ pub async fn serve(ctx: Rc<ShardCtx>, listener: TcpListener, control: Rc<Control
             }
         })
         .detach();
-        // Draining: this loop's next accept would be dropped with it, possibly losing the
-        // connection io_uring takes; stop after serving the one just accepted instead.
+        // Draining: stop now rather than at the drain flag's next poll.
         if crate::shutdown::stop_accepting() {
             return;
         }

@@ -227,8 +227,7 @@ pub async fn serve_tcp(ctx: Rc<ShardCtx>, listener: glommio::net::TcpListener) {
             }
         })
         .detach();
-        // Draining: this loop's next accept would be dropped with it, possibly losing the
-        // connection io_uring takes; stop after serving the one just accepted instead.
+        // Draining: stop now rather than at the drain flag's next poll.
         if crate::shutdown::stop_accepting() {
             return;
         }

@@ -139,14 +139,17 @@ pub async fn serve(ctx: Rc<ShardCtx>, listener: TcpListener, serves: Serves) {
                 }
             }
         };
+        // Active from accept to close, whatever the path: what a drain waits for. Counted
+        // here, not in the task, so there is no moment when a connection is accepted and a
+        // process about to exit sees nothing active.
+        ctx.metrics().proxy_active.add(1);
         let ctx = ctx.clone();
         glommio::spawn_local(async move {
             proxy_connection(&ctx, client, app.as_deref()).await;
             drop(slot);
         })
         .detach();
-        // Draining: this loop's next accept would be dropped with it, possibly losing the
-        // connection io_uring takes; stop after serving the one just accepted instead.
+        // Draining: stop now rather than at the drain flag's next poll.
         if crate::shutdown::stop_accepting() {
             return;
         }
@@ -242,14 +245,13 @@ pub async fn connect_backend(
 }
 
 async fn proxy_connection(ctx: &ShardCtx, client: TcpStream, app: Option<&str>) {
+    let m = ctx.metrics();
+    // Counted active by the accept loop (see `serve`); uncounted here, however this ends.
+    let _active = ActiveGuard(&m.proxy_active);
     let Ok(peer) = client.peer_addr() else {
         return;
     };
-    let m = ctx.metrics();
     m.proxy_accepted.inc();
-    // Active from accept to close, whatever the path: what a drain waits for.
-    m.proxy_active.add(1);
-    let _active = ActiveGuard(&m.proxy_active);
     let Some((backend, live)) = connect_backend(ctx, peer.ip(), app, None).await else {
         m.proxy_failed.inc();
         log::debug!(

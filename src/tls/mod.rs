@@ -296,6 +296,8 @@ pub async fn serve(ctx: Rc<ShardCtx>, tls: Rc<ShardTls>, listener: TcpListener, 
                 continue;
             }
         };
+        // Active from accept (see crate::proxy::serve); uncounted when the task ends.
+        ctx.metrics().proxy_active.add(1);
         let ctx = ctx.clone();
         let tls = tls.clone();
         glommio::spawn_local(async move {
@@ -303,8 +305,7 @@ pub async fn serve(ctx: Rc<ShardCtx>, tls: Rc<ShardTls>, listener: TcpListener, 
             drop(slot);
         })
         .detach();
-        // Draining: this loop's next accept would be dropped with it, possibly losing the
-        // connection io_uring takes; stop after serving the one just accepted instead.
+        // Draining: stop now rather than at the drain flag's next poll.
         if crate::shutdown::stop_accepting() {
             return;
         }
@@ -373,14 +374,13 @@ async fn connection(
     local: Option<SocketAddr>,
     listener_passthrough: bool,
 ) {
+    let m = ctx.metrics();
+    let _active = ActiveGuard(&m.proxy_active);
     let Ok(peer) = client.peer_addr() else {
         return;
     };
     let _ = client.set_nodelay(true);
-    let m = ctx.metrics();
     m.proxy_accepted.inc();
-    m.proxy_active.add(1);
-    let _active = ActiveGuard(&m.proxy_active);
     let cfg = &ctx.cfg;
     let deadline = Instant::now() + cfg.tls.handshake_timeout;
     // A handshake slot is held from accept until the handshake is over. With every slot taken

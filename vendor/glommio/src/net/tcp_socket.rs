@@ -166,17 +166,21 @@ impl TcpListener {
     pub async fn shared_accept(&self) -> Result<AcceptedTcpStream> {
         let reactor = self.reactor.upgrade().unwrap();
         let raw_fd = self.listener.as_raw_fd();
-        if let Some(r) = yolo_accept(raw_fd) {
-            match r {
-                Ok(fd) => {
-                    return Ok(AcceptedTcpStream { fd });
-                }
-                Err(err) => return Err(GlommioError::IoError(err)),
+        // edgeproxy patch: wait for readiness with a poll, then accept with a plain syscall,
+        // instead of an io_uring accept. A poll whose future is dropped never takes a
+        // connection; an io_uring accept in flight can complete after its future is gone (or
+        // as the process exits), and the connection it took is then served by nobody. Listeners
+        // shared with a successor process (socket handover) depend on this.
+        loop {
+            if let Some(r) = yolo_accept(raw_fd) {
+                return match r {
+                    Ok(fd) => Ok(AcceptedTcpStream { fd }),
+                    Err(err) => Err(GlommioError::IoError(err)),
+                };
             }
+            let source = reactor.poll_read_ready(raw_fd);
+            source.collect_rw().await?;
         }
-        let source = reactor.accept(self.listener.as_raw_fd());
-        let fd = source.collect_rw().await?;
-        Ok(AcceptedTcpStream { fd: fd as RawFd })
     }
 
     /// Accepts a new incoming TCP connection in this executor
