@@ -169,8 +169,10 @@ pub struct Txt {
     cut: bool,
 }
 
-/// The most RDATA we put into one TXT record (RDLENGTH is 16 bits; a string may follow).
-const TXT_MAX_RDATA: usize = 65_535 - 256;
+/// The most RDATA we put into one TXT record: with the header, a question of at most 259 bytes,
+/// the record's head and an OPT, the message still fits TCP's 65,535 bytes, so a list too long
+/// for one message is answered in part with TC rather than not at all.
+const TXT_MAX_RDATA: usize = 64_000;
 
 /// One DNS message being written at the end of a buffer.
 pub struct Message<'a> {
