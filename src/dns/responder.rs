@@ -2127,6 +2127,36 @@ mod tests {
     }
 
     #[test]
+    fn a_listing_too_long_for_one_message_is_answered_in_part_with_tc() {
+        let specs: Vec<_> = (0..6000)
+            .map(|i| {
+                spec(
+                    &format!("b{i}"),
+                    &format!("app-number-{i:05}"),
+                    "sa",
+                    "10.9.0.1",
+                )
+            })
+            .collect();
+        let (_reg, cell) = snapshot(&specs);
+        let ex = exchange("10.50.1.9", Transport::Tcp);
+        let (outcome, out) = ask_with(&cell, &query("_apps.internal", TYPE_TXT), &ex);
+        assert_eq!(
+            outcome,
+            Outcome::Answered {
+                rcode: OK,
+                truncated: true
+            }
+        );
+        assert!(out.len() <= MAX_MESSAGE);
+        let text = String::from_utf8(txt_strings(&Packet::parse(&out).unwrap()).concat()).unwrap();
+        let items: Vec<&str> = text.split(',').collect();
+        assert!(items.len() > 3500 && items.len() < 6000, "{}", items.len());
+        assert_eq!(items[0], "app-number-00000");
+        assert!(items.iter().all(|i| i.len() == 16), "whole items only");
+    }
+
+    #[test]
     fn backends_and_pops_of_a_region() {
         let (_reg, cell) = forms();
         let c = "10.50.1.9";
