@@ -599,8 +599,8 @@ fn nearest(msg: &mut Message<'_>, ask: &Ask<'_>, app: &str, n: usize, name: &str
         return ask.absent(msg, name);
     }
     // N distinct addresses: backends sharing an address (ports apart) count once, at the cost
-    // of a few more picks, bounded.
-    let mut tried = [0u64; 4 * MAX_NEAREST];
+    // of more picks, at most twice N (each pick scans the app's candidates).
+    let mut tried = [0u64; 2 * MAX_NEAREST];
     let mut sent = [IpAddr::from([0u8; 4]); MAX_NEAREST];
     let (mut k, mut written) = (0, 0);
     while written < n.min(MAX_NEAREST) && k < tried.len() {
