@@ -49,12 +49,26 @@ fn registry(apps: u32, per_app: u32) -> (Registry, Arc<SnapshotCell>) {
 }
 
 fn dns_query(name: &str) -> Vec<u8> {
+    dns_query_typed(name, 1)
+}
+
+fn dns_query_typed(name: &str, qtype: u16) -> Vec<u8> {
     let mut p = vec![0xbe, 0xef, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
     for label in name.split('.') {
         p.push(label.len() as u8);
         p.extend_from_slice(label.as_bytes());
     }
-    p.extend_from_slice(&[0, 0, 1, 0, 1]); // root, A, IN
+    p.push(0); // root
+    p.extend_from_slice(&qtype.to_be_bytes());
+    p.extend_from_slice(&[0, 1]); // IN
+    p
+}
+
+/// `p` with an OPT record carrying an EDNS Client Subnet option for 10.50.3.0/24.
+fn with_ecs(mut p: Vec<u8>) -> Vec<u8> {
+    p[11] = 1;
+    p.extend_from_slice(&[0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0, 0, 11, 0, 8, 0, 7]);
+    p.extend_from_slice(&[0, 1, 24, 0, 10, 50, 3]);
     p
 }
 
@@ -79,6 +93,38 @@ fn bench_dns(c: &mut Criterion) {
         let packet = dns_query(&format!("a{}.pop.internal", apps / 2));
         let mut out = Vec::with_capacity(1232);
         out.clear();
+        assert!(matches!(
+            respond(&packet, &zone, &snap, &ex, &mut out),
+            Outcome::Answered { .. }
+        ));
+        g.bench_function(label, |b| {
+            b.iter(|| {
+                out.clear();
+                respond(black_box(&packet), &zone, &snap, &ex, &mut out)
+            })
+        });
+    }
+    // The other name forms, on one app of 100 backends over four regions.
+    let (_reg, cell) = registry(1, 100);
+    let snap = cell.load_full();
+    for (label, packet) in [
+        ("ecs_1_app_x100", with_ecs(dns_query("a0.pop.internal"))),
+        ("region_1_app_x100", dns_query("sa.a0.pop.internal")),
+        (
+            "top3_1_app_x100",
+            dns_query("top3.nearest.of.a0.pop.internal"),
+        ),
+        (
+            "srv_1_app_x100",
+            dns_query_typed("_a0._tcp.pop.internal", 33),
+        ),
+        ("vm_1_app_x100", dns_query("b42.vm.a0.pop.internal")),
+        (
+            "vms_txt_1_app_x100",
+            dns_query_typed("vms.a0.pop.internal", 16),
+        ),
+    ] {
+        let mut out = Vec::with_capacity(1232);
         assert!(matches!(
             respond(&packet, &zone, &snap, &ex, &mut out),
             Outcome::Answered { .. }

@@ -12,7 +12,7 @@
 use crate::geo::{CidrRegion, RegionMap};
 use clap::Parser;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 /// The DNS TTL, in seconds, of every answer when not configured.
@@ -297,6 +297,16 @@ pub struct Args {
     #[arg(long, env = "EDGEPROXY_DNS_MAX_UDP_SIZE", default_value_t = 1232, value_parser = clap::value_parser!(u16).range(512..))]
     pub dns_max_udp_size: u16,
 
+    /// Honour EDNS Client Subnet (RFC 7871) in DNS queries: the subnet a resolver forwards
+    /// stands for the client (region, stickiness). The overlay's resolvers are trusted.
+    #[arg(long, env = "EDGEPROXY_DNS_ECS", default_value = "true", value_parser = parse_bool, action = clap::ArgAction::Set)]
+    pub dns_ecs: bool,
+
+    /// This hub's address on the overlay, answered for `<region>.pops.<zone>` when `<region>`
+    /// is --region. Unset: the address a DNS query arrived on, when the listener knows it.
+    #[arg(long, env = "EDGEPROXY_DNS_POP_ADDR")]
+    pub dns_pop_addr: Option<IpAddr>,
+
     /// The hub's own region: second choice after the client's region.
     #[arg(long, env = "EDGEPROXY_REGION", default_value = "sa", value_parser = parse_region)]
     pub region: String,
@@ -462,6 +472,8 @@ pub struct Config {
     pub dns_zone: String,
     pub dns_ttl_secs: u32,
     pub dns_max_udp_size: u16,
+    pub dns_ecs: bool,
+    pub dns_pop_addr: Option<IpAddr>,
     pub region: String,
     pub region_map: RegionMap,
     pub heartbeat_ttl_secs: u64,
@@ -658,6 +670,8 @@ impl Config {
             dns_zone: args.dns_domain,
             dns_ttl_secs: args.dns_ttl_secs,
             dns_max_udp_size: args.dns_max_udp_size,
+            dns_ecs: args.dns_ecs,
+            dns_pop_addr: args.dns_pop_addr,
             region: args.region,
             region_map,
             heartbeat_ttl_secs: args.heartbeat_ttl_secs,

@@ -14,7 +14,8 @@
 //!   (read by every shard, never mutated).
 //! - [`geo`]: client address → region, from the overlay's CIDR table.
 //! - [`select`]: choosing a backend for a client: pure, allocation-free.
-//! - [`dns`]: the DNS responder (pure: query bytes + snapshot → answer bytes) and its servers.
+//! - [`dns`]: the DNS responder (pure: query bytes + snapshot → answer bytes; the name forms
+//!   and EDNS Client Subnet) and its servers.
 //! - [`api`]: HTTP/1.1 request reader, routes and JSON for the registration API.
 //! - [`proxy`]: TCP forwarding (splice or copy) with connect retries.
 //! - [`tls`]: TLS on 8443: rustls termination, certificates by SNI, SNI routing, passthrough.

@@ -11,9 +11,13 @@
 //! This reader borrows from the packet, allocates nothing, and never panics: every index is
 //! bounds-checked. It accepts exactly what a query may carry: one question whose name has no
 //! compression pointer (nothing precedes it to point at), records in the answer and authority
-//! sections skipped, at most one OPT record, which must be owned by the root.
+//! sections skipped, at most one OPT record, which must be owned by the root, whose options
+//! must tile its data exactly. Of the options, only EDNS Client Subnet (RFC 7871) is read; it
+//! is validated here, and whether a bad one matters is the responder's call (it does only
+//! when ECS is honoured).
 
-use super::wire::{FLAG_QR, HEADER_LEN, OPCODE_MASK, TYPE_OPT};
+use super::wire::{FLAG_QR, HEADER_LEN, OPCODE_MASK, OPTION_ECS, TYPE_OPT};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// The longest name on the wire (RFC 1035).
 pub const MAX_NAME_LEN: usize = 255;
@@ -101,6 +105,113 @@ pub struct Edns {
     pub udp_size: u16,
     pub version: u8,
     pub dnssec_ok: bool,
+    /// The EDNS Client Subnet option, when the query carries one: valid or why not.
+    pub client_subnet: Option<Result<ClientSubnet, BadClientSubnet>>,
+}
+
+/// A valid EDNS Client Subnet option (RFC 7871 section 6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientSubnet {
+    /// 1 = IPv4, 2 = IPv6.
+    pub family: u16,
+    /// How many leading bits of `addr` the resolver disclosed.
+    pub source: u8,
+    /// The address, every bit past `source` zero.
+    pub addr: IpAddr,
+}
+
+impl ClientSubnet {
+    /// The address bytes as sent: the first `ceil(source / 8)` of these 16.
+    pub fn addr_bytes(&self) -> [u8; 16] {
+        let mut b = [0u8; 16];
+        match self.addr {
+            IpAddr::V4(v4) => b[..4].copy_from_slice(&v4.octets()),
+            IpAddr::V6(v6) => b.copy_from_slice(&v6.octets()),
+        }
+        b
+    }
+}
+
+/// Why an ECS option is malformed: each is a FORMERR (RFC 7871 section 7.1.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadClientSubnet {
+    /// Shorter than its fixed 4 bytes.
+    Short,
+    /// A family other than 1 (IPv4) or 2 (IPv6).
+    Family(u16),
+    /// A source prefix longer than the family's addresses.
+    SourceTooLong,
+    /// Not exactly `ceil(source / 8)` address bytes.
+    AddressLength,
+    /// Address bits set beyond the source prefix.
+    BitsBeyondSource,
+    /// A scope prefix other than 0 in a query.
+    Scope,
+    /// More than one ECS option.
+    Repeated,
+}
+
+/// Reads the data of an ECS option.
+fn client_subnet(data: &[u8]) -> Result<ClientSubnet, BadClientSubnet> {
+    let [f0, f1, source, scope, addr @ ..] = data else {
+        return Err(BadClientSubnet::Short);
+    };
+    let family = u16::from_be_bytes([*f0, *f1]);
+    let width = match family {
+        1 => 4,
+        2 => 16,
+        other => return Err(BadClientSubnet::Family(other)),
+    };
+    if usize::from(*source) > width * 8 {
+        return Err(BadClientSubnet::SourceTooLong);
+    }
+    if addr.len() != usize::from(*source).div_ceil(8) {
+        return Err(BadClientSubnet::AddressLength);
+    }
+    if *scope != 0 {
+        return Err(BadClientSubnet::Scope);
+    }
+    let mut bytes = [0u8; 16];
+    bytes[..addr.len()].copy_from_slice(addr);
+    let bits = u128::from_be_bytes(bytes);
+    let mask = u128::MAX.checked_shr(u32::from(*source)).unwrap_or(0);
+    if bits & mask != 0 {
+        return Err(BadClientSubnet::BitsBeyondSource);
+    }
+    let addr = if width == 4 {
+        IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(bytes))
+    };
+    Ok(ClientSubnet {
+        family,
+        source: *source,
+        addr,
+    })
+}
+
+/// Reads the options of an OPT record's data: `None` when they do not tile it exactly.
+fn options(data: &[u8]) -> Option<Option<Result<ClientSubnet, BadClientSubnet>>> {
+    let mut ecs = None;
+    let mut rest = data;
+    while !rest.is_empty() {
+        let [c0, c1, l0, l1, tail @ ..] = rest else {
+            return None;
+        };
+        let len = usize::from(u16::from_be_bytes([*l0, *l1]));
+        if tail.len() < len {
+            return None;
+        }
+        let (value, after) = tail.split_at(len);
+        if u16::from_be_bytes([*c0, *c1]) == OPTION_ECS {
+            ecs = Some(match ecs {
+                None => client_subnet(value),
+                Some(_) => Err(BadClientSubnet::Repeated),
+            });
+        }
+        rest = after;
+    }
+    Some(ecs)
 }
 
 /// Why a packet is not a well-formed query.
@@ -114,7 +225,7 @@ pub enum Malformed {
     BadLabel,
     /// A name longer than 255 bytes.
     NameTooLong,
-    /// A second OPT record, or an OPT record not owned by the root.
+    /// A second OPT record, an OPT record not owned by the root, or options that overrun it.
     BadOpt,
 }
 
@@ -218,10 +329,12 @@ pub fn parse(packet: &[u8], header: Header) -> Result<Query<'_>, Malformed> {
         let udp_size = read_u16(packet, start + 3)?;
         let version = packet[start + 6];
         let flags = read_u16(packet, start + 7)?;
+        let client_subnet = options(&packet[start + 11..end]).ok_or(Malformed::BadOpt)?;
         edns = Some(Edns {
             udp_size,
             version,
             dnssec_ok: flags & super::wire::EDNS_FLAG_DO != 0,
+            client_subnet,
         });
     }
     // Bytes after the last counted record are ignored, as most servers do.
@@ -262,9 +375,77 @@ mod tests {
             Some(Edns {
                 udp_size: 1232,
                 version: 0,
-                dnssec_ok: true
+                dnssec_ok: true,
+                client_subnet: None,
             })
         );
+    }
+
+    fn ecs_option(data: &[u8]) -> Vec<u8> {
+        let mut opt = vec![0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0];
+        opt.extend_from_slice(&((data.len() + 4) as u16).to_be_bytes());
+        opt.extend_from_slice(&[0, 8]);
+        opt.extend_from_slice(&(data.len() as u16).to_be_bytes());
+        opt.extend_from_slice(data);
+        opt
+    }
+
+    fn ecs_of(data: &[u8]) -> Option<Result<ClientSubnet, BadClientSubnet>> {
+        let p = packet(b"\x01a\x00", &ecs_option(data), 1);
+        parse(&p, Header::read(&p).unwrap())
+            .unwrap()
+            .edns
+            .unwrap()
+            .client_subnet
+    }
+
+    #[test]
+    fn reads_client_subnet() {
+        let ok = |family, source, addr: &str| {
+            Some(Ok(ClientSubnet {
+                family,
+                source,
+                addr: addr.parse().unwrap(),
+            }))
+        };
+        assert_eq!(ecs_of(&[0, 1, 24, 0, 10, 50, 3]), ok(1, 24, "10.50.3.0"));
+        assert_eq!(ecs_of(&[0, 1, 32, 0, 1, 2, 3, 4]), ok(1, 32, "1.2.3.4"));
+        assert_eq!(ecs_of(&[0, 1, 0, 0]), ok(1, 0, "0.0.0.0"));
+        assert_eq!(
+            ecs_of(&[0, 2, 56, 0, 0x20, 1, 0xd, 0xb8, 0, 0, 0x12]),
+            ok(2, 56, "2001:db8:0:1200::")
+        );
+        let bad = |data: &[u8], why| assert_eq!(ecs_of(data), Some(Err(why)), "{data:?}");
+        bad(&[0, 1, 24], BadClientSubnet::Short);
+        bad(&[0, 3, 0, 0], BadClientSubnet::Family(3));
+        bad(
+            &[0, 1, 33, 0, 1, 2, 3, 4, 5],
+            BadClientSubnet::SourceTooLong,
+        );
+        bad(&[0, 2, 129, 0], BadClientSubnet::SourceTooLong);
+        bad(&[0, 1, 24, 0, 10, 50], BadClientSubnet::AddressLength);
+        bad(&[0, 1, 24, 0, 10, 50, 3, 0], BadClientSubnet::AddressLength);
+        bad(&[0, 1, 23, 0, 10, 50, 3], BadClientSubnet::BitsBeyondSource);
+        bad(&[0, 1, 24, 24, 10, 50, 3], BadClientSubnet::Scope);
+        // Two ECS options: the second makes it bad.
+        let mut opt = ecs_option(&[0, 1, 8, 0, 10]);
+        opt.extend_from_slice(&[0, 8, 0, 5, 0, 1, 8, 0, 10]);
+        opt[10] += 9;
+        let p = packet(b"\x01a\x00", &opt, 1);
+        let edns = parse(&p, Header::read(&p).unwrap()).unwrap().edns.unwrap();
+        assert_eq!(edns.client_subnet, Some(Err(BadClientSubnet::Repeated)));
+        // Other options are skipped; options that overrun the OPT data are malformed.
+        let mut opt = ecs_option(&[0, 1, 8, 0, 10]);
+        opt.extend_from_slice(&[0, 10, 0, 2, 7, 7]);
+        opt[10] += 6;
+        let p = packet(b"\x01a\x00", &opt, 1);
+        let edns = parse(&p, Header::read(&p).unwrap()).unwrap().edns.unwrap();
+        assert_eq!(edns.client_subnet, ok(1, 8, "10.0.0.0"));
+        let mut opt = ecs_option(&[0, 1, 8, 0, 10]);
+        opt.extend_from_slice(&[0, 10, 0, 9, 7, 7]);
+        opt[10] += 6;
+        let p = packet(b"\x01a\x00", &opt, 1);
+        assert_eq!(parse(&p, Header::read(&p).unwrap()), Err(Malformed::BadOpt));
     }
 
     #[test]

@@ -118,6 +118,21 @@ impl AppGroup {
         self.buckets.iter().flat_map(move |b| b.region(region))
     }
 
+    /// The member with this id: its bucket by the id's hash (as the registry places it), then
+    /// a binary search within the bucket (kept in id order). For DNS `<id>.vm.<app>` names.
+    pub fn get(&self, id: &str) -> Option<&Arc<Backend>> {
+        let n = self.buckets.len();
+        if n == 0 {
+            return None;
+        }
+        let i = (stable_hash(id.as_bytes()) >> 32) as usize & (n - 1);
+        let bucket = &self.buckets.get(i)?.backends;
+        bucket
+            .binary_search_by(|b| b.id.as_str().cmp(id))
+            .ok()
+            .map(|at| &bucket[at])
+    }
+
     /// The region codes that have members, in name order.
     pub fn region_names(&self) -> BTreeSet<&str> {
         self.buckets
