@@ -14,6 +14,8 @@
 //!   (read by every shard, never mutated).
 //! - [`geo`]: client address → region, from the overlay's CIDR table.
 //! - [`select`]: choosing a backend for a client: pure, allocation-free.
+//! - [`health`]: active checks and passive ejection (a pure state machine, and the checker on
+//!   the API shard that feeds it).
 //! - [`dns`]: the DNS responder (pure: query bytes + snapshot → answer bytes) and its servers.
 //! - [`api`]: HTTP/1.1 request reader, routes and JSON for the registration API.
 //! - [`proxy`]: TCP forwarding (splice or copy) with connect retries.
@@ -31,6 +33,7 @@ pub mod config;
 pub mod dns;
 pub mod doctor;
 pub mod geo;
+pub mod health;
 pub mod handover;
 pub mod metrics;
 pub mod names;
