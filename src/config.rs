@@ -347,7 +347,12 @@ pub struct Args {
 
     /// Active health check of every backend that registers none of its own: tcp (a connect),
     /// http (GET --health-check-path, expecting 2xx) or none (only passive ejection).
-    #[arg(long, env = "EDGEPROXY_HEALTH_CHECK", value_enum, default_value = "tcp")]
+    #[arg(
+        long,
+        env = "EDGEPROXY_HEALTH_CHECK",
+        value_enum,
+        default_value = "tcp"
+    )]
     pub health_check: crate::health::CheckKind,
 
     /// Path the http health check asks for.
@@ -819,7 +824,10 @@ mod tests {
         assert_eq!(cfg.heartbeat_ttl_secs, 60);
         let h = &cfg.health_check;
         assert_eq!(h.kind, crate::health::CheckKind::Tcp);
-        assert_eq!((h.interval_ms, h.timeout_ms, h.rise, h.fall), (5_000, 2_000, 2, 3));
+        assert_eq!(
+            (h.interval_ms, h.timeout_ms, h.rise, h.fall),
+            (5_000, 2_000, 2, 3)
+        );
         assert_eq!(cfg.health_ejection.failures, 3);
     }
 

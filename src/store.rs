@@ -61,8 +61,9 @@ pub struct StoredBackend {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alpn: Option<Vec<String>>,
     /// The backend's health-check override (absent in older files, and when it has none).
+    /// Boxed: most backends have none, and a `Record` stays small.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub check: Option<crate::health::CheckSpec>,
+    pub check: Option<Box<crate::health::CheckSpec>>,
     pub registered_unix_ms: u64,
     pub last_heartbeat_unix_ms: u64,
     /// Draining: no new connections or DNS answers (absent = false, as in older files).
@@ -88,7 +89,7 @@ impl StoredBackend {
             hard_limit: self.hard_limit,
             ttl_secs: self.ttl_secs,
             alpn: self.alpn.clone(),
-            check: self.check.clone(),
+            check: self.check.as_deref().cloned(),
         }
     }
 }
@@ -583,12 +584,12 @@ mod tests {
         assert!(!again.contains("check"), "{again}");
         let with = StoredBackend {
             alpn: Some(vec!["h2".into(), "http/1.1".into()]),
-            check: Some(crate::health::CheckSpec {
+            check: Some(Box::new(crate::health::CheckSpec {
                 kind: Some(crate::health::CheckKind::Http),
                 path: Some("/healthz".into()),
                 fall: Some(2),
                 ..Default::default()
-            }),
+            })),
             ..b
         };
         let json = serde_json::to_string(&Record::Put(with.clone())).unwrap();

@@ -570,5 +570,40 @@ mod tests {
         assert!(text.contains("edgeproxy_backends 1\n"));
         assert!(text.contains("edgeproxy_store_syncs_total 3\n"));
         assert!(text.contains("edgeproxy_backend_connections{id=\"pop-gru\""));
+        assert!(text.contains(
+            "edgeproxy_backend_health{id=\"pop-gru\",app=\"gru.pop\",region=\"sa\",state=\"up\"} 1\n"
+        ));
+        assert!(text.contains(
+            "edgeproxy_backend_health{id=\"pop-gru\",app=\"gru.pop\",region=\"sa\",state=\"ejected\"} 0\n"
+        ));
+        assert!(text.contains("edgeproxy_backend_connect_failures_total{id=\"pop-gru\""));
+    }
+
+    #[test]
+    fn backend_json_shows_health() {
+        let mut reg = registry();
+        run(&mut reg, &post("/api/v1/register", GRU));
+        let (_, b, _) = run(&mut reg, "GET /api/v1/backends/pop-gru HTTP/1.1\r\n\r\n");
+        let h = &b["health"];
+        assert_eq!(h["state"], "up");
+        assert_eq!(h["reason"], "registered, not checked yet");
+        assert_eq!(h["connect_failures"], 0);
+        assert_eq!(h["last_connect_failure_unix_ms"], Value::Null);
+        assert!(h["since_unix_ms"].as_u64().unwrap() > 0);
+        assert_eq!(b["check"], Value::Null);
+        // Down: not healthy, and not counted as healthy.
+        let live = reg.get("pop-gru").unwrap().live.clone();
+        live.set_health(
+            crate::health::State::Down,
+            crate::health::Why::new(crate::health::Reason::Refused),
+        );
+        let (_, b, _) = run(&mut reg, "GET /api/v1/backends/pop-gru HTTP/1.1\r\n\r\n");
+        assert_eq!(
+            (b["healthy"].as_bool(), b["health"]["state"].as_str()),
+            (Some(false), Some("down"))
+        );
+        assert_eq!(b["health"]["reason"], "tcp connect refused");
+        let (_, h, _) = run(&mut reg, "GET /health HTTP/1.1\r\n\r\n");
+        assert_eq!(h["healthy_backends"], 0);
     }
 }

@@ -66,9 +66,19 @@ fn check(obj: &Map<String, Value>) -> Result<Option<CheckSpec>, Invalid> {
             "tcp" => Some(CheckKind::Tcp),
             "http" => Some(CheckKind::Http),
             "none" => Some(CheckKind::None),
-            _ => return Err(invalid("check.type", "'check.type' must be tcp, http or none")),
+            _ => {
+                return Err(invalid(
+                    "check.type",
+                    "'check.type' must be tcp, http or none",
+                ))
+            }
         },
-        Some(_) => return Err(invalid("check.type", "'check.type' must be tcp, http or none")),
+        Some(_) => {
+            return Err(invalid(
+                "check.type",
+                "'check.type' must be tcp, http or none",
+            ))
+        }
     };
     let path = match c.get("path") {
         None | Some(Value::Null) => None,
@@ -107,7 +117,8 @@ fn within(field: &'static str, e: Invalid) -> Invalid {
     let short = field.trim_start_matches("check.");
     invalid(
         field,
-        e.message.replace(&format!("'{short}'"), &format!("'{field}'")),
+        e.message
+            .replace(&format!("'{short}'"), &format!("'{field}'")),
     )
 }
 
@@ -361,12 +372,20 @@ mod tests {
     fn check_override() {
         let base = r#""id":"b","app":"a","region":"sa","ip":"10.0.0.1","port":80"#;
         let ok = |c: &str| registration(format!("{{{base},\"check\":{c}}}").as_bytes()).unwrap();
-        let spec = ok(r#"{"type":"http","path":"/healthz","interval_ms":1000,"timeout_ms":500,"rise":2,"fall":3}"#);
+        let spec = ok(
+            r#"{"type":"http","path":"/healthz","interval_ms":1000,"timeout_ms":500,"rise":2,"fall":3}"#,
+        );
         let c = spec.check.unwrap();
         assert_eq!(c.kind, Some(CheckKind::Http));
         assert_eq!(c.path.as_deref(), Some("/healthz"));
-        assert_eq!((c.interval_ms, c.timeout_ms, c.rise, c.fall), (Some(1000), Some(500), Some(2), Some(3)));
-        assert_eq!(ok(r#"{"type":"none"}"#).check.unwrap().kind, Some(CheckKind::None));
+        assert_eq!(
+            (c.interval_ms, c.timeout_ms, c.rise, c.fall),
+            (Some(1000), Some(500), Some(2), Some(3))
+        );
+        assert_eq!(
+            ok(r#"{"type":"none"}"#).check.unwrap().kind,
+            Some(CheckKind::None)
+        );
         assert_eq!(ok("{}").check, Some(CheckSpec::default()));
         assert_eq!(ok("null").check, None);
         for (c, field) in [

@@ -182,6 +182,9 @@ struct Entry {
     gen: u32,
 }
 
+/// A finished check: (key, generation, result).
+type Verdict = (u64, u32, Result<(), Why>);
+
 /// A check to start.
 struct Probe {
     key: u64,
@@ -201,8 +204,8 @@ pub struct Checker {
     /// Read positions in each shard's failure ring.
     cursors: Vec<u64>,
     in_flight: Rc<Cell<usize>>,
-    /// Verdicts of finished checks: (key, generation, result).
-    done: Rc<RefCell<Vec<(u64, u32, Result<(), Why>)>>>,
+    /// Verdicts of finished checks.
+    done: Rc<RefCell<Vec<Verdict>>>,
     seq: u64,
 }
 
@@ -352,9 +355,7 @@ impl Checker {
                 Ok(()) => stats.checks_passed.inc(),
                 Err(_) => stats.checks_failed.inc(),
             }
-            let t = e
-                .machine
-                .on_check(now, result, &e.check, &self.ejection);
+            let t = e.machine.on_check(now, result, &e.check, &self.ejection);
             e.live
                 .check_failures
                 .store(e.machine.fail_streak(), Ordering::Relaxed);
@@ -459,11 +460,127 @@ pub async fn run(ctx: Rc<ShardCtx>, control: Rc<Control>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::registry::{BackendSpec, SnapshotCell};
+
+    fn setup(n: usize, concurrency: usize) -> (Checker, Registry) {
+        let mut cfg = crate::config::Config::for_tests(1);
+        cfg.health_check.interval_ms = 1_000;
+        cfg.health_check_concurrency = concurrency;
+        let mut reg = Registry::new(1, 0, 600, Arc::new(SnapshotCell::new()));
+        for i in 0..n {
+            let ip = std::net::Ipv4Addr::from(0x7f00_0001 + i as u32);
+            reg.register(
+                BackendSpec::new(&format!("b{i}"), "app", "sa", ip.into(), 80),
+                0,
+            );
+        }
+        (Checker::new(&cfg), reg)
+    }
+
+    /// Runs rounds from `from` to `to` ms, every 10 ms, answering every check at once with
+    /// `result`; returns the ms at which each check started.
+    fn run(
+        c: &mut Checker,
+        reg: &mut Registry,
+        from: u64,
+        to: u64,
+        result: Result<(), Why>,
+    ) -> Vec<(u64, u64)> {
+        let stats = Stats::default();
+        let mut started = Vec::new();
+        let mut now = from;
+        while now < to {
+            c.sync(reg, now);
+            for p in c.round(reg, now, &stats) {
+                started.push((now, p.key));
+                c.done.borrow_mut().push((p.key, p.gen, result));
+            }
+            now += 10;
+        }
+        started
+    }
+
+    #[test]
+    fn first_checks_are_spread_over_one_interval_then_repeat() {
+        let (mut c, mut reg) = setup(1_000, 100_000);
+        let started = run(&mut c, &mut reg, 0, 1_010, Ok(()));
+        let mut first = std::collections::BTreeMap::new();
+        for &(t, k) in &started {
+            first.entry(k).or_insert(t);
+        }
+        assert_eq!(
+            first.len(),
+            1_000,
+            "each backend checked in the first interval"
+        );
+        // Spread: no 100 ms slice holds more than twice its share.
+        for slice in 0..10 {
+            let n = first.values().filter(|t| *t / 100 == slice).count();
+            assert!((20..=200).contains(&n), "{n} checks in slice {slice}");
+        }
+        // Every interval (+-10 %) after that.
+        let next = run(&mut c, &mut reg, 1_010, 2_000, Ok(()));
+        assert!(next.len() >= 800, "{}", next.len());
+        assert!(reg.get("b0").unwrap().live.is_up());
+    }
+
+    #[test]
+    fn at_most_concurrency_checks_in_flight() {
+        let (mut c, mut reg) = setup(1_000, 50);
+        let stats = Stats::default();
+        c.sync(&mut reg, 0);
+        let probes = c.round(&reg, 2_000, &stats);
+        assert_eq!(probes.len(), 50);
+        c.in_flight.set(50);
+        assert!(c.round(&reg, 2_000, &stats).is_empty());
+        c.in_flight.set(10);
+        assert_eq!(c.round(&reg, 2_000, &stats).len(), 40);
+    }
+
+    #[test]
+    fn failing_checks_take_backends_down_and_deregistered_ones_are_forgotten() {
+        let (mut c, mut reg) = setup(10, 1_000);
+        let refused = Err(Why::new(Reason::Refused));
+        // fall = 3 (default): down within 3 intervals (+10 %) plus the first offset.
+        run(&mut c, &mut reg, 0, 4_400, refused);
+        for b in reg.iter() {
+            assert_eq!(b.live.health(), State::Down, "{}", b.id);
+            assert_eq!(b.live.health_why().reason, Reason::Refused);
+        }
+        for i in 0..5 {
+            reg.deregister(&format!("b{i}"));
+        }
+        let started = run(&mut c, &mut reg, 4_400, 8_000, refused);
+        assert_eq!(c.entries.len(), 5);
+        let keys: std::collections::BTreeSet<u64> = started.iter().map(|(_, k)| *k).collect();
+        assert_eq!(keys.len(), 5);
+        assert!(keys.iter().all(|k| reg.iter().any(|b| b.key == *k)));
+    }
+
+    #[test]
+    fn reregistering_elsewhere_starts_over_up() {
+        let (mut c, mut reg) = setup(1, 1_000);
+        run(&mut c, &mut reg, 0, 4_400, Err(Why::new(Reason::Refused)));
+        assert_eq!(reg.get("b0").unwrap().live.health(), State::Down);
+        // The same registration again keeps the verdict ...
+        let mut spec = BackendSpec::new("b0", "app", "sa", "127.0.0.1".parse().unwrap(), 80);
+        reg.register(spec.clone(), 4_400);
+        c.sync(&mut reg, 4_400);
+        assert_eq!(reg.get("b0").unwrap().live.health(), State::Down);
+        // ... another address starts over.
+        spec.port = 81;
+        reg.register(spec, 4_500);
+        c.sync(&mut reg, 4_500);
+        assert_eq!(reg.get("b0").unwrap().live.health(), State::Up);
+    }
 
     #[test]
     fn status_lines() {
         assert_eq!(status_of(b"HTTP/1.1 200 OK\r\n"), Some(200));
-        assert_eq!(status_of(b"HTTP/1.0 503 Service Unavailable\r\nx"), Some(503));
+        assert_eq!(
+            status_of(b"HTTP/1.0 503 Service Unavailable\r\nx"),
+            Some(503)
+        );
         assert_eq!(status_of(b"HTTP/1.1 204\r\n"), Some(204));
         assert_eq!(status_of(b"HTTP/1.1 200 OK"), None);
         assert_eq!(status_of(b"SSH-2.0-OpenSSH\r\n"), None);

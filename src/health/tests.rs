@@ -32,7 +32,10 @@ fn fall_then_rise() {
     assert_eq!(m.on_check(4, Err(REFUSED), &c, &EJ), None);
     assert_eq!(m.on_check(5, Err(REFUSED), &c, &EJ), None);
     let t = m.on_check(6, Err(REFUSED), &c, &EJ).unwrap();
-    assert_eq!((t.from, t.to, t.why, t.count), (State::Up, State::Down, REFUSED, Some((3, 3))));
+    assert_eq!(
+        (t.from, t.to, t.why, t.count),
+        (State::Up, State::Down, REFUSED, Some((3, 3)))
+    );
     assert_eq!(m.state(), State::Down);
     // Down: further failures change nothing, one success is not enough, a failure restarts.
     assert_eq!(m.on_check(7, Err(REFUSED), &c, &EJ), None);
@@ -40,7 +43,10 @@ fn fall_then_rise() {
     assert_eq!(m.on_check(9, Err(REFUSED), &c, &EJ), None);
     assert_eq!(m.on_check(10, Ok(()), &c, &EJ), None);
     let t = m.on_check(11, Ok(()), &c, &EJ).unwrap();
-    assert_eq!((t.from, t.to, t.count), (State::Down, State::Up, Some((2, 2))));
+    assert_eq!(
+        (t.from, t.to, t.count),
+        (State::Down, State::Up, Some((2, 2)))
+    );
     assert_eq!(t.why.reason, Reason::CheckPassed);
     assert_eq!(m.fail_streak(), 0);
 }
@@ -49,7 +55,10 @@ fn fall_then_rise() {
 fn rise_and_fall_of_one_flip_at_once() {
     let c = check(1, 1);
     let mut m = Machine::new(0);
-    assert_eq!(m.on_check(1, Err(REFUSED), &c, &EJ).unwrap().to, State::Down);
+    assert_eq!(
+        m.on_check(1, Err(REFUSED), &c, &EJ).unwrap().to,
+        State::Down
+    );
     assert_eq!(m.on_check(2, Ok(()), &c, &EJ).unwrap().to, State::Up);
 }
 
@@ -60,7 +69,13 @@ fn passive_failures_eject_within_the_window_only() {
     assert_eq!(m.on_connect_failures(200, 2, &EJ), None);
     let t = m.on_connect_failures(300, 3, &EJ).unwrap();
     assert_eq!((t.from, t.to), (State::Up, State::Ejected));
-    assert_eq!(t.why, Why { reason: Reason::ConnectFailures, detail: 3 });
+    assert_eq!(
+        t.why,
+        Why {
+            reason: Reason::ConnectFailures,
+            detail: 3
+        }
+    );
     assert_eq!(t.ejected_for_ms, Some(5_000));
     assert_eq!(m.ejected_until(), Some(5_300));
 
@@ -116,7 +131,10 @@ fn ejection_backoff_grows_then_a_probe_brings_it_back() {
         // The probe at the end of the backoff fails: ejected again, for longer.
         now = m.ejected_until().unwrap();
         let t = m.on_check(now, Err(REFUSED), &c, &EJ).unwrap();
-        assert_eq!((t.from, t.to, t.why), (State::Ejected, State::Ejected, REFUSED));
+        assert_eq!(
+            (t.from, t.to, t.why),
+            (State::Ejected, State::Ejected, REFUSED)
+        );
         lengths.push(t.ejected_for_ms.unwrap());
         now = m.ejected_until().unwrap();
         // This one passes: up at once (one probe, not `rise` of them).
@@ -126,7 +144,10 @@ fn ejection_backoff_grows_then_a_probe_brings_it_back() {
     }
     assert_eq!(
         lengths,
-        [5_000, 10_000, 20_000, 40_000, 40_000, 40_000, 40_000, 40_000, 40_000, 40_000, 40_000, 40_000]
+        [
+            5_000, 10_000, 20_000, 40_000, 40_000, 40_000, 40_000, 40_000, 40_000, 40_000, 40_000,
+            40_000
+        ]
     );
     // Staying up for the longest backoff starts a new series.
     now += EJ.backoff_max_ms;
@@ -156,19 +177,28 @@ fn without_checks_the_ejection_just_ends() {
     assert!(m.on_connect_failures(0, 3, &EJ).is_some());
     assert_eq!(m.on_ejection_over(4_999), None);
     let t = m.on_ejection_over(5_000).unwrap();
-    assert_eq!((t.from, t.to, t.why.reason), (State::Ejected, State::Up, Reason::EjectionOver));
+    assert_eq!(
+        (t.from, t.to, t.why.reason),
+        (State::Ejected, State::Up, Reason::EjectionOver)
+    );
     assert_eq!(m.on_ejection_over(5_001), None);
 }
 
 #[test]
 fn reasons_round_trip_and_read_well() {
     for r in 0..=8u8 {
-        let why = Why { reason: Reason::from_u8(r), detail: 503 };
+        let why = Why {
+            reason: Reason::from_u8(r),
+            detail: 503,
+        };
         assert_eq!(Why::unpack(why.pack()), why);
         assert_eq!(why.reason as u8, r);
     }
     assert_eq!(REFUSED.describe("tcp"), "tcp connect refused");
-    let s = Why { reason: Reason::HttpStatus, detail: 503 };
+    let s = Why {
+        reason: Reason::HttpStatus,
+        detail: 503,
+    };
     assert_eq!(s.describe("http"), "http status 503");
     for s in State::ALL {
         assert_eq!(State::from_u8(s as u8), s);
@@ -185,7 +215,10 @@ fn a_check_spec_overrides_field_by_field() {
         ..CheckSpec::default()
     };
     let c = Check::resolve(&defaults, Some(&spec));
-    assert_eq!((c.kind, c.path.as_str(), c.rise, c.fall), (CheckKind::Http, "/healthz", 5, 3));
+    assert_eq!(
+        (c.kind, c.path.as_str(), c.rise, c.fall),
+        (CheckKind::Http, "/healthz", 5, 3)
+    );
     let none = CheckSpec {
         kind: Some(CheckKind::None),
         ..CheckSpec::default()

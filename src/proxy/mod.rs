@@ -203,9 +203,7 @@ pub async fn connect_backend(
             }
             Err(e) => {
                 ctx.metrics().proxy_connect_failures.inc();
-                backend
-                    .live
-                    .connect_failed(ctx.id, crate::clock::unix_ms());
+                backend.live.connect_failed(ctx.id, crate::clock::unix_ms());
                 ctx.metrics().connect_failed.push(backend.key);
                 log::debug!(
                     "shard {}: backend {} ({addr}) failed: {e}; trying another",

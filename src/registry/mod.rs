@@ -229,7 +229,8 @@ impl BackendLive {
     pub fn connect_failed(&self, shard: usize, now_unix_ms: u64) {
         let s = self.slot(shard);
         let streak = s.fail_streak.load(Ordering::Relaxed);
-        s.fail_streak.store(streak.saturating_add(1), Ordering::Relaxed);
+        s.fail_streak
+            .store(streak.saturating_add(1), Ordering::Relaxed);
         let total = s.failures.load(Ordering::Relaxed);
         s.failures.store(total + 1, Ordering::Relaxed);
         s.last_failure_unix_ms.store(now_unix_ms, Ordering::Relaxed);
@@ -446,7 +447,7 @@ pub fn stored(b: &Backend) -> StoredBackend {
         hard_limit: b.hard_limit,
         ttl_secs: b.ttl_secs,
         alpn: b.alpn.clone(),
-        check: b.check.clone(),
+        check: b.check.clone().map(Box::new),
         registered_unix_ms: b.registered_unix_ms,
         last_heartbeat_unix_ms: b.live.last_heartbeat_unix_ms.load(Ordering::Relaxed),
         draining: b.live.draining.load(Ordering::Relaxed),
