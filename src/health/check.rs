@@ -175,7 +175,8 @@ struct Entry {
     id: String,
     addr: SocketAddr,
     spec: Option<CheckSpec>,
-    check: Check,
+    /// Shared with every backend on the hub's settings.
+    check: Rc<Check>,
     machine: Machine,
     live: Arc<BackendLive>,
     /// Bumped whenever the schedule changes: older heap items and check results are stale.
@@ -190,12 +191,12 @@ struct Probe {
     key: u64,
     gen: u32,
     addr: SocketAddr,
-    check: Check,
+    check: Rc<Check>,
 }
 
 /// The checker's state (see the module docs).
 pub struct Checker {
-    defaults: Check,
+    defaults: Rc<Check>,
     ejection: Ejection,
     concurrency: usize,
     entries: HashMap<u64, Entry>,
@@ -212,7 +213,7 @@ pub struct Checker {
 impl Checker {
     pub fn new(cfg: &crate::config::Config) -> Checker {
         Checker {
-            defaults: cfg.health_check.clone(),
+            defaults: Rc::new(cfg.health_check.clone()),
             ejection: cfg.health_ejection,
             concurrency: cfg.health_check_concurrency.max(1),
             entries: HashMap::new(),
@@ -275,7 +276,10 @@ impl Checker {
                     continue;
                 }
             }
-            let check = Check::resolve(&self.defaults, b.check.as_ref());
+            let check = match &b.check {
+                None => self.defaults.clone(),
+                Some(spec) => Rc::new(Check::resolve(&self.defaults, Some(spec))),
+            };
             let live = b.live.clone();
             live.set_check_kind(check.kind);
             if live.health() != State::Up {
