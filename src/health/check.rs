@@ -242,21 +242,16 @@ impl Checker {
         }
     }
 
-    /// The next regular check of an entry after one at `now` (interval ± 10 %).
+    /// The next regular check of an entry after one at `now` (interval ± 10 %); while
+    /// ejected, the probe at the end of the ejection. A backend without checks is still
+    /// visited every interval, to notice that it was deregistered.
     fn next_check(&mut self, key: u64, now: u64) {
         let Some(e) = self.entries.get(&key) else {
             return;
         };
-        let at = match (e.machine.ejected_until(), e.check.kind) {
-            (Some(until), _) => until,
-            (None, CheckKind::None) => {
-                // Nothing to run until an ejection; keep the generation current.
-                if let Some(e) = self.entries.get_mut(&key) {
-                    e.gen = e.gen.wrapping_add(1);
-                }
-                return;
-            }
-            (None, _) => {
+        let at = match e.machine.ejected_until() {
+            Some(until) => until,
+            None => {
                 let interval = e.check.interval_ms.max(1);
                 let spread = interval / 5;
                 now + interval - spread / 2 + self.jitter(key, spread + 1)
@@ -302,9 +297,7 @@ impl Checker {
                     gen: 0,
                 },
             );
-            if self.entries[&key].check.kind != CheckKind::None {
-                self.schedule(key, now + first);
-            }
+            self.schedule(key, now + first);
         }
     }
 
@@ -369,6 +362,7 @@ impl Checker {
             self.next_check(key, now);
         }
         let mut probes = Vec::new();
+        let mut unchecked = Vec::new();
         while self.in_flight.get() + probes.len() < self.concurrency {
             let Some(&Reverse((at, key, gen))) = self.due.peek() else {
                 break;
@@ -395,6 +389,7 @@ impl Checker {
                 if let Some(t) = e.machine.on_ejection_over(now) {
                     apply(e, &t, stats);
                 }
+                unchecked.push(key);
                 continue;
             }
             probes.push(Probe {
@@ -403,6 +398,9 @@ impl Checker {
                 addr: e.addr,
                 check: e.check.clone(),
             });
+        }
+        for key in unchecked {
+            self.next_check(key, now);
         }
         probes
     }
@@ -559,6 +557,22 @@ mod tests {
         let keys: std::collections::BTreeSet<u64> = started.iter().map(|(_, k)| *k).collect();
         assert_eq!(keys.len(), 5);
         assert!(keys.iter().all(|k| reg.iter().any(|b| b.key == *k)));
+    }
+
+    #[test]
+    fn backends_without_checks_are_never_probed_but_are_forgotten() {
+        let (mut c, mut reg) = setup(0, 1_000);
+        let mut spec = BackendSpec::new("n", "app", "sa", "127.0.0.1".parse().unwrap(), 80);
+        spec.check = Some(CheckSpec {
+            kind: Some(CheckKind::None),
+            ..CheckSpec::default()
+        });
+        reg.register(spec, 0);
+        assert!(run(&mut c, &mut reg, 0, 5_000, Ok(())).is_empty());
+        assert_eq!(c.entries.len(), 1);
+        reg.deregister("n");
+        run(&mut c, &mut reg, 5_000, 7_000, Ok(()));
+        assert!(c.entries.is_empty());
     }
 
     #[test]
