@@ -374,3 +374,33 @@ fn killing_a_backend_mid_traffic_fails_no_client_and_ejects_it() {
     );
     drop(b);
 }
+
+#[test]
+fn a_backends_own_check_survives_a_restart_and_runs_again() {
+    let dir = common::StateDir::new();
+    let status = Arc::new(AtomicU16::new(503));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let web = http_backend(status.clone(), seen.clone());
+    let body = format!(
+        r#"{{"id":"p","app":"persisted","region":"sa","ip":"127.0.0.1","port":{},
+            "check":{{"path":"/ready","interval_ms":100,"fall":1}}}}"#,
+        web.addr.port()
+    );
+    {
+        let hub = Hub::start_in(&dir.0, &FAST_CHECKS, &[]);
+        hub.register_json(&body);
+        wait_state(&hub, "p", "down", STEP);
+    }
+    // A new hub on the same state: the check is restored, the backend starts up (health is
+    // not persisted) and its own check, HTTP on /ready, takes it down again.
+    let hub = Hub::start_in(&dir.0, &FAST_CHECKS, &[]);
+    let (_, json) = hub.api("GET", "/api/v1/backends/p", None);
+    assert_eq!(json["check"]["path"], "/ready", "{json}");
+    wait_state(&hub, "p", "down", STEP);
+    assert_eq!(health(&hub, "p")["reason"], "http status 503");
+    assert!(seen
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|l| l == "GET /ready HTTP/1.1"));
+}
