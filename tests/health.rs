@@ -404,3 +404,69 @@ fn a_backends_own_check_survives_a_restart_and_runs_again() {
         .iter()
         .all(|l| l == "GET /ready HTTP/1.1"));
 }
+
+/// A listener whose accept queue is full: the kernel drops new SYNs, so connects to it time
+/// out (a hung backend, on loopback). The returned streams keep the queue full.
+fn hung_backend() -> (SocketAddr, socket2::Socket, Vec<TcpStream>) {
+    use socket2::{Domain, Socket, Type};
+    let sock = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    sock.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    sock.listen(0).unwrap();
+    let addr = sock.local_addr().unwrap().as_socket().unwrap();
+    // Backlog 0 holds one connection; fill it (later ones may time out: that is the point).
+    let fill = (0..3)
+        .filter_map(|_| TcpStream::connect_timeout(&addr, Duration::from_millis(100)).ok())
+        .collect();
+    (addr, sock, fill)
+}
+
+#[test]
+fn a_hung_backend_is_ejected_after_connect_timeouts_and_no_client_fails() {
+    let hub = Hub::start(&["--connect-timeout-ms=200"]);
+    let (hung, _sock, _fill) = hung_backend();
+    let b = Backend::echo("127.0.0.2:0", b"b:");
+    hub.register("hung", "web", "sa", "127.0.0.1", hung.port());
+    hub.register("b", "web", "us", "127.0.0.2", b.addr.port());
+    let proxy = hub.proxy;
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let stop = stop.clone();
+            thread::spawn(move || {
+                let mut results = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    results.push(echo_once(proxy).map_err(|e| e.to_string()));
+                }
+                results
+            })
+        })
+        .collect();
+    wait_state(&hub, "hung", "ejected", STEP);
+    let h = health(&hub, "hung");
+    // Four clients time out together: three or four failures are seen in one poll.
+    let reason = h["reason"].as_str().unwrap();
+    assert!(reason.ends_with(" failed connects from the proxy"), "{h}");
+    let by_ejection = h["connect_failures"].as_u64().unwrap();
+    // The clients carry on a while, on the survivor only.
+    let since = Instant::now();
+    while since.elapsed() < Duration::from_millis(300) {
+        thread::sleep(Duration::from_millis(10));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let results: Vec<_> = clients
+        .into_iter()
+        .flat_map(|c| c.join().unwrap())
+        .collect();
+    let failed: Vec<_> = results.iter().filter(|r| r.is_err()).collect();
+    assert!(failed.is_empty(), "{failed:?}");
+    assert!(results
+        .iter()
+        .all(|r| r.as_deref() == Ok(b"b:ping".as_slice())));
+    let after = health(&hub, "hung")["connect_failures"].as_u64().unwrap();
+    assert!(
+        after - by_ejection <= 4,
+        "{} connects after the ejection",
+        after - by_ejection
+    );
+}
