@@ -470,3 +470,22 @@ fn a_hung_backend_is_ejected_after_connect_timeouts_and_no_client_fails() {
         after - by_ejection
     );
 }
+
+#[test]
+fn a_new_backend_is_served_at_once_before_any_check() {
+    // Checks on at their defaults (every 5 s, the first within 5 s); nothing listens there.
+    let hub = Hub::start(&["--health-check=tcp"]);
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    hub.register("fresh", "fresh", "sa", "127.0.0.1", port);
+    assert_eq!(resolve(&hub, "fresh.internal"), Ipv4Addr::LOCALHOST);
+    let h = health(&hub, "fresh");
+    assert_eq!(
+        (h["state"].as_str(), h["check"].as_str()),
+        (Some("up"), Some("tcp")),
+        "{h}"
+    );
+}
