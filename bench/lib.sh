@@ -94,13 +94,16 @@ rss_kb() { local p kb=0 v; for p in $(tree "$1"); do v=$(awk '/^VmRSS:/{print $2
 now() { date +%s.%N; }
 
 # hub_start LOGDIR [extra args...]: our hub, one shard on TARGET_CPU; sets HUB_PID.
-# Ports: TCP 18080, API 18081, DNS 15353 (UDP+TCP).
+# Ports: TCP 18080, API 18081, DNS 15353 (UDP+TCP). Active health checks are off
+# (HUB_HEALTH_CHECK=tcp to turn them on): the DNS runs register addresses nothing listens on,
+# which checks would take down mid-run.
 hub_start() {
   local dir="$1"; shift
   mkdir -p "$dir/state"
   spawn "$TARGET_CPU" "$dir/hub.log" env EDGEPROXY_LISTEN_ADDR=$HOST:18080 \
     EDGEPROXY_API_LISTEN_ADDR=$HOST:18081 EDGEPROXY_DNS_LISTEN_ADDR=$HOST:15353 \
     EDGEPROXY_STATE_DIR="$dir/state" EDGEPROXY_REGION=sa \
+    EDGEPROXY_HEALTH_CHECK="${HUB_HEALTH_CHECK:-none}" \
     "$EDGEPROXY" --shards 1 --cpu-offset "$TARGET_CPU" "$@"
   HUB_PID=$PID
   wait_listen tcp 18081 || die "hub did not listen (see $dir/hub.log)"

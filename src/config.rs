@@ -154,6 +154,29 @@ fn parse_zone(s: &str) -> Result<String, String> {
     }
 }
 
+/// Ranges of the health-check settings, flags and per-backend `check` alike.
+pub const CHECK_INTERVAL_MS: std::ops::RangeInclusive<u64> = 100..=86_400_000;
+pub const CHECK_TIMEOUT_MS: std::ops::RangeInclusive<u64> = 1..=60_000;
+/// (Rise and fall; the flags spell it out, clap wanting the range in its own type.)
+pub const CHECK_COUNT: std::ops::RangeInclusive<u64> = 1..=100;
+/// Longest HTTP health-check path.
+pub const MAX_CHECK_PATH: usize = 1024;
+
+/// Whether `p` can be an HTTP check path: `/`, then printable ASCII without spaces.
+pub fn is_check_path(p: &str) -> bool {
+    p.starts_with('/') && p.len() <= MAX_CHECK_PATH && p.bytes().all(|b| b.is_ascii_graphic())
+}
+
+fn parse_check_path(s: &str) -> Result<String, String> {
+    if is_check_path(s) {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "'{s}' is not an HTTP path ('/' then up to {MAX_CHECK_PATH} printable characters, no spaces)"
+        ))
+    }
+}
+
 fn parse_region_map(s: &str) -> Result<CidrRegion, String> {
     s.parse::<CidrRegion>().map_err(|e| e.to_string())
 }
@@ -332,6 +355,58 @@ pub struct Args {
     #[arg(long, env = "EDGEPROXY_CONNECT_TRIES", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=16))]
     pub connect_tries: u32,
 
+    /// Active health check of every backend that registers none of its own: tcp (a connect),
+    /// http (GET --health-check-path, expecting 2xx) or none (only passive ejection).
+    #[arg(
+        long,
+        env = "EDGEPROXY_HEALTH_CHECK",
+        value_enum,
+        default_value = "tcp"
+    )]
+    pub health_check: crate::health::CheckKind,
+
+    /// Path the http health check asks for.
+    #[arg(long, env = "EDGEPROXY_HEALTH_CHECK_PATH", default_value = "/", value_parser = parse_check_path)]
+    pub health_check_path: String,
+
+    /// Milliseconds between two health checks of a backend (each spread by +-10%).
+    #[arg(long, env = "EDGEPROXY_HEALTH_CHECK_INTERVAL_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(CHECK_INTERVAL_MS))]
+    pub health_check_interval_ms: u64,
+
+    /// Milliseconds a health check may take (connect, and for http the status line).
+    #[arg(long, env = "EDGEPROXY_HEALTH_CHECK_TIMEOUT_MS", default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(CHECK_TIMEOUT_MS))]
+    pub health_check_timeout_ms: u64,
+
+    /// Passed checks in a row that bring a down backend back up.
+    #[arg(long, env = "EDGEPROXY_HEALTH_CHECK_RISE", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub health_check_rise: u32,
+
+    /// Failed checks in a row that take a backend down.
+    #[arg(long, env = "EDGEPROXY_HEALTH_CHECK_FALL", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub health_check_fall: u32,
+
+    /// Most health checks in flight at once (the rest wait their turn).
+    #[arg(long, env = "EDGEPROXY_HEALTH_CHECK_CONCURRENCY", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub health_check_concurrency: u64,
+
+    /// Failed proxy connects to a backend within --health-eject-window-ms that eject it
+    /// (0: no passive ejection).
+    #[arg(long, env = "EDGEPROXY_HEALTH_EJECT_FAILURES", default_value_t = 3)]
+    pub health_eject_failures: u32,
+
+    /// Window, in milliseconds, in which those failed connects must happen.
+    #[arg(long, env = "EDGEPROXY_HEALTH_EJECT_WINDOW_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub health_eject_window_ms: u64,
+
+    /// Milliseconds a backend is first ejected for; doubled at each further ejection, then
+    /// a check probes it back.
+    #[arg(long, env = "EDGEPROXY_HEALTH_EJECT_BACKOFF_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub health_eject_backoff_ms: u64,
+
+    /// Longest ejection, in milliseconds (a backend up this long starts over at the first).
+    #[arg(long, env = "EDGEPROXY_HEALTH_EJECT_BACKOFF_MAX_MS", default_value_t = 300_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub health_eject_backoff_max_ms: u64,
+
     /// Seconds a forwarded connection may stay silent in both directions before it is closed.
     #[arg(long, env = "EDGEPROXY_IDLE_TIMEOUT_SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
     pub idle_timeout_secs: u64,
@@ -480,6 +555,11 @@ pub struct Config {
     pub expiry_grace_secs: u64,
     pub connect_timeout: Duration,
     pub connect_tries: u32,
+    /// The hub's health check (a backend's own `check` overrides it field by field).
+    pub health_check: crate::health::Check,
+    pub health_check_concurrency: usize,
+    /// Passive ejection.
+    pub health_ejection: crate::health::Ejection,
     pub idle_timeout: Duration,
     pub max_connections: usize,
     pub splice: SpliceMode,
@@ -678,6 +758,21 @@ impl Config {
             expiry_grace_secs: args.expiry_grace_secs,
             connect_timeout: Duration::from_millis(args.connect_timeout_ms),
             connect_tries: args.connect_tries,
+            health_check: crate::health::Check {
+                kind: args.health_check,
+                path: args.health_check_path,
+                interval_ms: args.health_check_interval_ms,
+                timeout_ms: args.health_check_timeout_ms,
+                rise: args.health_check_rise,
+                fall: args.health_check_fall,
+            },
+            health_check_concurrency: args.health_check_concurrency as usize,
+            health_ejection: crate::health::Ejection {
+                failures: args.health_eject_failures,
+                window_ms: args.health_eject_window_ms,
+                backoff_ms: args.health_eject_backoff_ms,
+                backoff_max_ms: args.health_eject_backoff_max_ms,
+            },
             idle_timeout: Duration::from_secs(args.idle_timeout_secs),
             max_connections: args.max_connections,
             splice: args.splice,
@@ -741,6 +836,35 @@ mod tests {
         assert_eq!(cfg.shards, 2);
         assert_eq!(cfg.cpus, vec![0, 1]);
         assert_eq!(cfg.heartbeat_ttl_secs, 60);
+        let h = &cfg.health_check;
+        assert_eq!(h.kind, crate::health::CheckKind::Tcp);
+        assert_eq!(
+            (h.interval_ms, h.timeout_ms, h.rise, h.fall),
+            (5_000, 2_000, 2, 3)
+        );
+        assert_eq!(cfg.health_ejection.failures, 3);
+    }
+
+    #[test]
+    fn health_flags() {
+        let cfg = parse(&[
+            "--health-check=http",
+            "--health-check-path=/healthz",
+            "--health-check-interval-ms=250",
+            "--health-eject-failures=0",
+        ])
+        .unwrap();
+        assert_eq!(cfg.health_check.kind, crate::health::CheckKind::Http);
+        assert_eq!(cfg.health_check.path, "/healthz");
+        assert_eq!(cfg.health_check.interval_ms, 250);
+        assert_eq!(cfg.health_ejection.failures, 0);
+        assert!(parse(&["--health-check=icmp"]).is_err());
+        assert!(parse(&["--health-check-path=healthz"]).is_err());
+        assert!(parse(&["--health-check-path=/a b"]).is_err());
+        assert!(parse(&["--health-check-interval-ms=10"]).is_err());
+        assert!(parse(&["--health-check-timeout-ms=0"]).is_err());
+        assert!(parse(&["--health-check-rise=0"]).is_err());
+        assert!(parse(&["--health-check-fall=101"]).is_err());
     }
 
     #[test]

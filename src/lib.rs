@@ -14,11 +14,15 @@
 //!   (read by every shard, never mutated).
 //! - [`geo`]: client address → region, from the overlay's CIDR table.
 //! - [`select`]: choosing a backend for a client: pure, allocation-free.
+//! - [`health`]: active checks and passive ejection (a pure state machine, and the checker on
+//!   the API shard that feeds it).
 //! - [`dns`]: the DNS responder (pure: query bytes + snapshot → answer bytes; the name forms
 //!   and EDNS Client Subnet) and its servers.
 //! - [`api`]: HTTP/1.1 request reader, routes and JSON for the registration API.
 //! - [`proxy`]: TCP forwarding (splice or copy) with connect retries.
 //! - [`tls`]: TLS on 8443: rustls termination, certificates by SNI, SNI routing, passthrough.
+//! - [`live`]: what SIGHUP changes without a restart (TCP route listeners, TLS routes), swapped
+//!   like the snapshot.
 //! - [`shard`]: spawning pinned executors, binding listeners on every shard, startup errors.
 //! - [`notify`]: systemd readiness and watchdog (`sd_notify`), off the shards.
 //! - [`doctor`]: `edgeproxy doctor`, the machine against `tuning/` and the configuration.
@@ -33,6 +37,7 @@ pub mod dns;
 pub mod doctor;
 pub mod geo;
 pub mod handover;
+pub mod health;
 pub mod live;
 pub mod metrics;
 pub mod names;

@@ -92,6 +92,9 @@ pub struct ShardMetrics {
     pub tls_failures: Counter,
     /// Connections closed at once because every handshake slot of the shard was taken.
     pub tls_refused: Counter,
+    /// Keys of the backends this shard failed to connect to, for the API shard's passive
+    /// ejection (not a metric, but written by this shard only, like one).
+    pub connect_failed: crate::health::FailureRing,
 }
 
 impl ShardMetrics {

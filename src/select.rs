@@ -3,7 +3,7 @@
 //! (`SO_REUSEPORT` spreads one client's connections over every shard).
 //!
 //! 1. Candidates: members of the app's group that are [`Backend::eligible`]: heartbeat alive,
-//!    not draining, under their hard limit; minus those the caller already tried.
+//!    health up, not draining, under their hard limit; minus those the caller already tried.
 //! 2. Tiers, first non-empty wins: the client's region, the hub's region, any region.
 //! 3. Within the tier: weighted rendezvous hashing on the client address. Each backend scores
 //!    `weight / -ln(u)` with `u` a uniform hash of (client, backend); the highest wins. This is

@@ -5,7 +5,7 @@
 //! Port 0 is resolved by the first bind; the other shards then bind the port it got. Each shard
 //! then turns its sockets into glommio listeners and serves them: the TCP proxy (and one
 //! listener per `--route`), DNS over UDP and TCP. Shard 0 is also the *API shard*: it owns the
-//! [`Registry`], serves the registration API and runs the expiry sweeper.
+//! [`Registry`], serves the registration API and runs the expiry sweeper and the health checker.
 //!
 //! A shard never blocks and never locks: it reads the registry through the [`SnapshotCell`].
 
@@ -806,7 +806,27 @@ async fn run_shard(
             auth: ctx.cfg.api_auth.clone(),
             stats: Default::default(),
             tls: tls_for_api,
+            health: Default::default(),
         });
+        // Health checks get their own queue with a smaller share: thousands of checks in
+        // flight never delay a registration, and passive ejection still runs every 10 ms.
+        let health_queue = glommio::executor().create_task_queue(
+            glommio::Shares::Static(250),
+            glommio::Latency::Matters(Duration::from_millis(10)),
+            "health",
+        );
+        match glommio::spawn_local_into(
+            crate::health::check::run(ctx.clone(), control.clone()),
+            health_queue,
+        ) {
+            Ok(task) => {
+                task.detach();
+            }
+            Err(e) => {
+                let _ = ready.send(Err(format!("cannot start health checks on shard 0: {e}")));
+                return;
+            }
+        }
         // The control plane runs in its own task queue with equal shares and a latency
         // bound, so a flood of data-plane work on this shard cannot starve registrations (nor
         // the other way round). Tasks it spawns (API connections) inherit the queue.

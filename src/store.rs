@@ -60,6 +60,10 @@ pub struct StoredBackend {
     /// Absent in state files written before ALPN was a registration field.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alpn: Option<Vec<String>>,
+    /// The backend's health-check override (absent in older files, and when it has none).
+    /// Boxed: most backends have none, and a `Record` stays small.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<Box<crate::health::CheckSpec>>,
     pub registered_unix_ms: u64,
     pub last_heartbeat_unix_ms: u64,
     /// Draining: no new connections or DNS answers (absent = false, as in older files).
@@ -85,6 +89,7 @@ impl StoredBackend {
             hard_limit: self.hard_limit,
             ttl_secs: self.ttl_secs,
             alpn: self.alpn.clone(),
+            check: self.check.as_deref().cloned(),
         }
     }
 }
@@ -558,6 +563,7 @@ mod tests {
             hard_limit: Some(10),
             ttl_secs: None,
             alpn: None,
+            check: None,
             registered_unix_ms: at,
             last_heartbeat_unix_ms: at,
             draining: false,
@@ -572,10 +578,18 @@ mod tests {
             panic!("a put");
         };
         assert_eq!(b.alpn, None);
+        assert_eq!(b.check, None);
         let again = serde_json::to_string(&Record::Put(b.clone())).unwrap();
         assert!(!again.contains("alpn"), "{again}");
+        assert!(!again.contains("check"), "{again}");
         let with = StoredBackend {
             alpn: Some(vec!["h2".into(), "http/1.1".into()]),
+            check: Some(Box::new(crate::health::CheckSpec {
+                kind: Some(crate::health::CheckKind::Http),
+                path: Some("/healthz".into()),
+                fall: Some(2),
+                ..Default::default()
+            })),
             ..b
         };
         let json = serde_json::to_string(&Record::Put(with.clone())).unwrap();

@@ -41,6 +41,8 @@ pub struct Control {
     pub stats: routes::ApiStats,
     /// TLS, when on: for `POST /api/v1/tls/reload`.
     pub tls: Option<std::sync::Arc<crate::tls::TlsShared>>,
+    /// Health-check counters (the checker, [`crate::health::check`], writes them).
+    pub health: crate::health::check::Stats,
 }
 
 impl Control {
@@ -177,6 +179,7 @@ async fn connection(ctx: &ShardCtx, mut stream: TcpStream, control: &Control) ->
                         store_syncs: control.store.as_ref().map(|s| s.syncs.get()),
                         api: Some(&control.stats),
                         data_plane: Some(&ctx.all_metrics),
+                        health: Some(&control.health),
                         tls: control.tls.is_some(),
                     };
                     let draining = crate::shutdown::draining();

@@ -19,6 +19,8 @@ pub struct Env<'a> {
     pub api: Option<&'a ApiStats>,
     /// Every shard's data-plane counters.
     pub data_plane: Option<&'a Metrics>,
+    /// Health-check counters.
+    pub health: Option<&'a crate::health::check::Stats>,
     /// Whether TLS is on (so `/api/v1/tls/reload` exists; its POST is served by the server).
     pub tls: bool,
 }
@@ -81,12 +83,32 @@ pub fn backend_json(b: &Backend, now_ms: u64) -> Value {
         "hard_limit": b.hard_limit,
         "ttl_secs": b.ttl_secs,
         "alpn": b.alpn,
-        "healthy": b.alive(now_ms),
+        "check": b.check,
+        "healthy": b.healthy(now_ms),
+        "health": health_json(b),
         "draining": b.live.draining.load(Ordering::Relaxed),
         "connections": b.connections(),
         "registered_at": b.registered_unix_ms / 1000,
         "registered_secs": now_unix.saturating_sub(b.registered_unix_ms) / 1000,
         "last_heartbeat_secs": now_unix.saturating_sub(last_heartbeat_unix_ms) / 1000,
+    })
+}
+
+/// The health part of a backend's JSON view.
+pub fn health_json(b: &Backend) -> Value {
+    let live = &b.live;
+    let state = live.health();
+    let kind = live.check_kind();
+    json!({
+        "state": state.as_str(),
+        "reason": live.health_why().describe(kind.as_str()),
+        "since_unix_ms": live.health_since_unix_ms(),
+        "check": kind.as_str(),
+        "consecutive_check_failures": live.check_failures.load(Ordering::Relaxed),
+        "connect_failures": live.connect_failures(),
+        "consecutive_connect_failures": live.failure_streak(),
+        "last_connect_failure_unix_ms": live.last_connect_failure_unix_ms(),
+        "ejections": live.ejections.load(Ordering::Relaxed),
     })
 }
 
@@ -145,7 +167,7 @@ pub fn handle(req: &Request<'_>, reg: &mut Registry, env: &Env<'_>) -> Response 
     match path {
         "/health" => match req.method {
             Method::Get => {
-                let healthy = reg.iter().filter(|b| b.alive(env.now_ms)).count();
+                let healthy = reg.iter().filter(|b| b.healthy(env.now_ms)).count();
                 Response::json(
                     200,
                     json!({
@@ -280,12 +302,12 @@ pub fn route_of(path: &str) -> &'static str {
 
 fn metrics(reg: &Registry, env: &Env<'_>) -> Response {
     let mut t = Text::default();
-    let healthy = reg.iter().filter(|b| b.alive(env.now_ms)).count();
+    let healthy = reg.iter().filter(|b| b.healthy(env.now_ms)).count();
     t.family("edgeproxy_backends", "Registered backends.", "gauge");
     t.sample("edgeproxy_backends", &[], reg.len() as f64);
     t.family(
         "edgeproxy_backends_healthy",
-        "Backends whose heartbeat is current.",
+        "Backends whose heartbeat is current and whose health is up.",
         "gauge",
     );
     t.sample("edgeproxy_backends_healthy", &[], healthy as f64);
@@ -314,7 +336,7 @@ fn metrics(reg: &Registry, env: &Env<'_>) -> Response {
     }
     t.family(
         "edgeproxy_backend_up",
-        "1 while the backend is served (heartbeat current, not draining).",
+        "1 while the backend is served (heartbeat current, health up, not draining).",
         "gauge",
     );
     for b in reg.iter() {
@@ -323,8 +345,46 @@ fn metrics(reg: &Registry, env: &Env<'_>) -> Response {
             ("app", b.app.as_str()),
             ("region", b.region.as_str()),
         ];
-        let up = b.alive(env.now_ms) && !b.live.draining.load(Ordering::Relaxed);
+        let up = b.healthy(env.now_ms) && !b.live.draining.load(Ordering::Relaxed);
         t.sample("edgeproxy_backend_up", &labels, if up { 1.0 } else { 0.0 });
+    }
+    t.family(
+        "edgeproxy_backend_health",
+        "Health state per backend: 1 for the state it is in, 0 for the others.",
+        "gauge",
+    );
+    for b in reg.iter() {
+        let state = b.live.health();
+        for s in crate::health::State::ALL {
+            let labels = [
+                ("id", b.id.as_str()),
+                ("app", b.app.as_str()),
+                ("region", b.region.as_str()),
+                ("state", s.as_str()),
+            ];
+            let v = if s == state { 1.0 } else { 0.0 };
+            t.sample("edgeproxy_backend_health", &labels, v);
+        }
+    }
+    t.family(
+        "edgeproxy_backend_connect_failures_total",
+        "Failed proxy connects per backend (refused or timed out), over every shard.",
+        "counter",
+    );
+    for b in reg.iter() {
+        let labels = [
+            ("id", b.id.as_str()),
+            ("app", b.app.as_str()),
+            ("region", b.region.as_str()),
+        ];
+        t.sample(
+            "edgeproxy_backend_connect_failures_total",
+            &labels,
+            b.live.connect_failures() as f64,
+        );
+    }
+    if let Some(health) = env.health {
+        health.render(&mut t);
     }
     if let Some(syncs) = env.store_syncs {
         t.family(
@@ -393,6 +453,7 @@ mod tests {
             store_syncs: Some(3),
             api: None,
             data_plane: None,
+            health: None,
             tls,
         };
         let r = handle(&req, reg, &env);
@@ -509,5 +570,40 @@ mod tests {
         assert!(text.contains("edgeproxy_backends 1\n"));
         assert!(text.contains("edgeproxy_store_syncs_total 3\n"));
         assert!(text.contains("edgeproxy_backend_connections{id=\"pop-gru\""));
+        assert!(text.contains(
+            "edgeproxy_backend_health{id=\"pop-gru\",app=\"gru.pop\",region=\"sa\",state=\"up\"} 1\n"
+        ));
+        assert!(text.contains(
+            "edgeproxy_backend_health{id=\"pop-gru\",app=\"gru.pop\",region=\"sa\",state=\"ejected\"} 0\n"
+        ));
+        assert!(text.contains("edgeproxy_backend_connect_failures_total{id=\"pop-gru\""));
+    }
+
+    #[test]
+    fn backend_json_shows_health() {
+        let mut reg = registry();
+        run(&mut reg, &post("/api/v1/register", GRU));
+        let (_, b, _) = run(&mut reg, "GET /api/v1/backends/pop-gru HTTP/1.1\r\n\r\n");
+        let h = &b["health"];
+        assert_eq!(h["state"], "up");
+        assert_eq!(h["reason"], "registered, not checked yet");
+        assert_eq!(h["connect_failures"], 0);
+        assert_eq!(h["last_connect_failure_unix_ms"], Value::Null);
+        assert!(h["since_unix_ms"].as_u64().unwrap() > 0);
+        assert_eq!(b["check"], Value::Null);
+        // Down: not healthy, and not counted as healthy.
+        let live = reg.get("pop-gru").unwrap().live.clone();
+        live.set_health(
+            crate::health::State::Down,
+            crate::health::Why::new(crate::health::Reason::Refused),
+        );
+        let (_, b, _) = run(&mut reg, "GET /api/v1/backends/pop-gru HTTP/1.1\r\n\r\n");
+        assert_eq!(
+            (b["healthy"].as_bool(), b["health"]["state"].as_str()),
+            (Some(false), Some("down"))
+        );
+        assert_eq!(b["health"]["reason"], "tcp connect refused");
+        let (_, h, _) = run(&mut reg, "GET /health HTTP/1.1\r\n\r\n");
+        assert_eq!(h["healthy_backends"], 0);
     }
 }

@@ -1,6 +1,8 @@
 //! Turning a registration body into a [`BackendSpec`], with errors precise enough to act on:
 //! which field, and what is wrong with it.
 
+use crate::config::{is_check_path, CHECK_COUNT, CHECK_INTERVAL_MS, CHECK_TIMEOUT_MS};
+use crate::health::{CheckKind, CheckSpec};
 use crate::names;
 use crate::registry::BackendSpec;
 use serde_json::{Map, Value};
@@ -32,7 +34,93 @@ const KNOWN_FIELDS: &[&str] = &[
     "hard_limit",
     "ttl_secs",
     "alpn",
+    "check",
 ];
+
+const CHECK_FIELDS: &[&str] = &["type", "path", "interval_ms", "timeout_ms", "rise", "fall"];
+
+/// The optional `check` object: the backend's own health-check settings, each field optional.
+fn check(obj: &Map<String, Value>) -> Result<Option<CheckSpec>, Invalid> {
+    let c = match obj.get("check") {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Object(c)) => c,
+        Some(_) => {
+            return Err(invalid(
+                "check",
+                "'check' must be an object such as {\"type\":\"http\",\"path\":\"/healthz\"}",
+            ))
+        }
+    };
+    if let Some(unknown) = c.keys().find(|k| !CHECK_FIELDS.contains(&k.as_str())) {
+        return Err(invalid(
+            "check",
+            format!(
+                "unknown field 'check.{unknown}' (known: {})",
+                CHECK_FIELDS.join(", ")
+            ),
+        ));
+    }
+    let kind = match c.get("type") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(t)) => match t.as_str() {
+            "tcp" => Some(CheckKind::Tcp),
+            "http" => Some(CheckKind::Http),
+            "none" => Some(CheckKind::None),
+            _ => {
+                return Err(invalid(
+                    "check.type",
+                    "'check.type' must be tcp, http or none",
+                ))
+            }
+        },
+        Some(_) => {
+            return Err(invalid(
+                "check.type",
+                "'check.type' must be tcp, http or none",
+            ))
+        }
+    };
+    let path = match c.get("path") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(p)) if is_check_path(p) => Some(p.clone()),
+        Some(_) => {
+            return Err(invalid(
+                "check.path",
+                "'check.path' must be an HTTP path: '/' then printable characters, no spaces, \
+                 at most 1024",
+            ))
+        }
+    };
+    if path.is_some() && matches!(kind, Some(CheckKind::Tcp | CheckKind::None)) {
+        return Err(invalid(
+            "check.path",
+            "'check.path' applies to http checks only (\"type\":\"http\")",
+        ));
+    }
+    let count = |field: &'static str| -> Result<Option<u32>, Invalid> {
+        Ok(opt_uint(c, field, CHECK_COUNT)?.map(|v| v as u32))
+    };
+    Ok(Some(CheckSpec {
+        kind,
+        path,
+        interval_ms: opt_uint(c, "interval_ms", CHECK_INTERVAL_MS)
+            .map_err(|e| within("check.interval_ms", e))?,
+        timeout_ms: opt_uint(c, "timeout_ms", CHECK_TIMEOUT_MS)
+            .map_err(|e| within("check.timeout_ms", e))?,
+        rise: count("rise").map_err(|e| within("check.rise", e))?,
+        fall: count("fall").map_err(|e| within("check.fall", e))?,
+    }))
+}
+
+/// An error about a field of `check`, renamed to its full path.
+fn within(field: &'static str, e: Invalid) -> Invalid {
+    let short = field.trim_start_matches("check.");
+    invalid(
+        field,
+        e.message
+            .replace(&format!("'{short}'"), &format!("'{field}'")),
+    )
+}
 
 /// At most this many ALPN protocols per backend.
 pub const MAX_ALPN: usize = 8;
@@ -191,6 +279,7 @@ pub fn registration(body: &[u8]) -> Result<BackendSpec, Invalid> {
     }
     let ttl_secs = opt_uint(&obj, "ttl_secs", 0..=365 * 86_400)?;
     let alpn = alpn(&obj)?;
+    let check = check(&obj)?;
     Ok(BackendSpec {
         id: id.to_string(),
         app: app.to_ascii_lowercase(),
@@ -203,6 +292,7 @@ pub fn registration(body: &[u8]) -> Result<BackendSpec, Invalid> {
         hard_limit,
         ttl_secs,
         alpn,
+        check,
     })
 }
 
@@ -276,6 +366,51 @@ mod tests {
         }
         let max = format!("[\"{}\"]", "x".repeat(255));
         assert!(registration(format!("{{{base},\"alpn\":{max}}}").as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn check_override() {
+        let base = r#""id":"b","app":"a","region":"sa","ip":"10.0.0.1","port":80"#;
+        let ok = |c: &str| registration(format!("{{{base},\"check\":{c}}}").as_bytes()).unwrap();
+        let spec = ok(
+            r#"{"type":"http","path":"/healthz","interval_ms":1000,"timeout_ms":500,"rise":2,"fall":3}"#,
+        );
+        let c = spec.check.unwrap();
+        assert_eq!(c.kind, Some(CheckKind::Http));
+        assert_eq!(c.path.as_deref(), Some("/healthz"));
+        assert_eq!(
+            (c.interval_ms, c.timeout_ms, c.rise, c.fall),
+            (Some(1000), Some(500), Some(2), Some(3))
+        );
+        assert_eq!(
+            ok(r#"{"type":"none"}"#).check.unwrap().kind,
+            Some(CheckKind::None)
+        );
+        assert_eq!(ok("{}").check, Some(CheckSpec::default()));
+        assert_eq!(ok("null").check, None);
+        for (c, field) in [
+            ("5", "check"),
+            (r#"{"kind":"tcp"}"#, "check"),
+            (r#"{"type":"icmp"}"#, "check.type"),
+            (r#"{"type":1}"#, "check.type"),
+            (r#"{"path":"healthz"}"#, "check.path"),
+            (r#"{"path":"/a b"}"#, "check.path"),
+            (r#"{"path":"/x\r\nHost: evil"}"#, "check.path"),
+            (r#"{"type":"tcp","path":"/healthz"}"#, "check.path"),
+            (r#"{"interval_ms":10}"#, "check.interval_ms"),
+            (r#"{"interval_ms":"1000"}"#, "check.interval_ms"),
+            (r#"{"timeout_ms":0}"#, "check.timeout_ms"),
+            (r#"{"timeout_ms":60001}"#, "check.timeout_ms"),
+            (r#"{"rise":0}"#, "check.rise"),
+            (r#"{"fall":101}"#, "check.fall"),
+            (r#"{"fall":-1}"#, "check.fall"),
+        ] {
+            let e = err(&format!("{{{base},\"check\":{c}}}"));
+            assert_eq!(e.field, Some(field), "{c}: {}", e.message);
+            if field != "check" {
+                assert!(e.message.contains(field), "{c}: {}", e.message);
+            }
+        }
     }
 
     #[test]

@@ -8,6 +8,8 @@
 //!    (held only for the decision, never across an await);
 //! 2. connects within `--connect-timeout-ms`; on failure picks again without the backends
 //!    already tried, up to `--connect-tries` backends; with none left the client is closed;
+//!    Each failed connect is counted in the backend's slot for this shard and reported to the
+//!    API shard, which ejects a backend that keeps failing ([`crate::health`]);
 //! 3. counts itself in the backend's live-connection slot for this shard while it lasts;
 //! 4. forwards both ways ([`forward`]), by `splice(2)` or by copying (`--splice`).
 //!
@@ -228,11 +230,14 @@ pub async fn connect_backend(
         let addr = SocketAddr::new(backend.ip, backend.port);
         match TcpStream::connect_timeout(addr, cfg.connect_timeout).await {
             Ok(stream) => {
+                backend.live.connect_succeeded(ctx.id);
                 let live = LiveConnection::new(backend, ctx.id);
                 return Some((stream, live));
             }
             Err(e) => {
                 ctx.metrics().proxy_connect_failures.inc();
+                backend.live.connect_failed(ctx.id, crate::clock::unix_ms());
+                ctx.metrics().connect_failed.push(backend.key);
                 log::debug!(
                     "shard {}: backend {} ({addr}) failed: {e}; trying another",
                     ctx.id,

@@ -69,6 +69,7 @@ impl Env {
                 hard_limit: None,
                 ttl_secs: Some(0),
                 alpn: None,
+                check: None,
             },
             crate::clock::now_ms(),
         );

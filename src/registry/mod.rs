@@ -6,8 +6,9 @@
 //! - [`Snapshot`] is what the data plane reads: every shard loads the current one for the length
 //!   of one decision, never mutates it, never waits for it.
 //! - [`BackendLive`] is the small part of a backend that changes without a republish: the
-//!   heartbeat deadline (written by the API shard only) and the live connection count per shard
-//!   (each slot written by its own shard only). All are relaxed atomics: single writer, no lock.
+//!   heartbeat deadline and the health state (written by the API shard only), and per shard the
+//!   live connection count and the failed-connect counts (each slot written by its own shard
+//!   only). All are relaxed atomics: single writer, no lock.
 
 mod snapshot;
 
@@ -15,9 +16,10 @@ pub use snapshot::{AppGroup, Bucket, Snapshot, SnapshotCell};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 
+use crate::health::{CheckKind, CheckSpec, Reason, State, Why};
 use crate::store::{Record, StoredBackend};
 
 /// A backend as registered: what the API accepted, plus bookkeeping.
@@ -43,6 +45,8 @@ pub struct Backend {
     /// The ALPN protocols the backend speaks, as registered; `None` = `http/1.1` only
     /// (see [`Backend::speaks`]).
     pub alpn: Option<Vec<String>>,
+    /// The backend's own health-check settings, as registered (`None`: the hub's).
+    pub check: Option<CheckSpec>,
     /// Wall-clock registration time (Unix ms) of the first registration of this id.
     pub registered_unix_ms: u64,
     /// A stable 64-bit hash of `id`: the backend's key for rendezvous hashing.
@@ -61,6 +65,12 @@ impl Backend {
     #[inline]
     pub fn connections(&self) -> u32 {
         self.live.connections()
+    }
+
+    /// Whether the heartbeat is current and health checks say it is up.
+    #[inline]
+    pub fn healthy(&self, now_ms: u64) -> bool {
+        self.alive(now_ms) && self.live.is_up()
     }
 
     /// Whether one more connection would stay within the hard limit.
@@ -85,17 +95,30 @@ impl Backend {
     /// Whether this backend may be given new traffic at `now_ms`.
     #[inline]
     pub fn eligible(&self, now_ms: u64) -> bool {
-        self.alive(now_ms) && !self.live.draining.load(Ordering::Relaxed) && self.has_capacity()
+        self.alive(now_ms)
+            && self.live.is_up()
+            && !self.live.draining.load(Ordering::Relaxed)
+            && self.has_capacity()
     }
 }
 
 /// The protocol of a backend that declares no `alpn`.
 pub const DEFAULT_ALPN: &str = "http/1.1";
 
-/// One shard's counter on its own cache line, so shards never write the same line.
+/// One shard's counters for one backend, on their own cache line so shards never write the
+/// same line. Written by that shard only.
 #[derive(Debug, Default)]
 #[repr(align(64))]
-pub struct ShardCounter(pub AtomicU32);
+pub struct ShardSlot {
+    /// Live forwarded connections.
+    conns: AtomicU32,
+    /// Failed connects since this shard's last successful one.
+    fail_streak: AtomicU32,
+    /// Failed connects, ever.
+    failures: AtomicU64,
+    /// Wall-clock time (Unix ms) of the last failed connect; 0 = none.
+    last_failure_unix_ms: AtomicU64,
+}
 
 /// The mutable-without-republish state of a backend (see the module docs).
 #[derive(Debug)]
@@ -107,8 +130,20 @@ pub struct BackendLive {
     pub last_heartbeat_unix_ms: AtomicU64,
     /// Set while draining: no new connections or DNS answers.
     pub draining: AtomicBool,
-    /// Live forwarded connections, one slot per shard, each written only by its shard.
-    conns: Box<[ShardCounter]>,
+    /// The health [`State`] (API shard only: [`BackendLive::set_health`]).
+    health: AtomicU8,
+    /// Why, as [`Why::pack`].
+    health_why: AtomicU32,
+    /// Wall-clock ms (Unix) the health state was entered.
+    health_since_unix_ms: AtomicU64,
+    /// The effective check kind (API shard only), for display.
+    check_kind: AtomicU8,
+    /// Consecutive failed active checks (API shard only), for display.
+    pub check_failures: AtomicU32,
+    /// Ejections in the current series (API shard only), for display.
+    pub ejections: AtomicU32,
+    /// Per-shard counters, each written only by its shard.
+    slots: Box<[ShardSlot]>,
 }
 
 impl BackendLive {
@@ -117,23 +152,122 @@ impl BackendLive {
             expires_at_ms: AtomicU64::new(u64::MAX),
             last_heartbeat_unix_ms: AtomicU64::new(0),
             draining: AtomicBool::new(false),
-            conns: (0..shards.max(1))
-                .map(|_| ShardCounter::default())
-                .collect(),
+            health: AtomicU8::new(State::Up as u8),
+            health_why: AtomicU32::new(Why::new(Reason::Registered).pack()),
+            health_since_unix_ms: AtomicU64::new(crate::clock::unix_ms()),
+            check_kind: AtomicU8::new(CheckKind::Tcp as u8),
+            check_failures: AtomicU32::new(0),
+            ejections: AtomicU32::new(0),
+            slots: (0..shards.max(1)).map(|_| ShardSlot::default()).collect(),
         }
     }
 
     pub fn connections(&self) -> u32 {
-        self.conns
+        self.slots
             .iter()
-            .map(|c| c.0.load(Ordering::Relaxed))
+            .map(|c| c.conns.load(Ordering::Relaxed))
             .fold(0u32, u32::saturating_add)
     }
 
-    /// The counter of shard `shard`. Only that shard may modify it.
+    /// The connection counter of shard `shard`. Only that shard may modify it.
     #[inline]
     pub fn shard_counter(&self, shard: usize) -> &AtomicU32 {
-        &self.conns[shard % self.conns.len()].0
+        &self.slot(shard).conns
+    }
+
+    #[inline]
+    fn slot(&self, shard: usize) -> &ShardSlot {
+        &self.slots[shard % self.slots.len()]
+    }
+
+    /// Whether health checks let the backend be served.
+    #[inline]
+    pub fn is_up(&self) -> bool {
+        self.health.load(Ordering::Relaxed) == State::Up as u8
+    }
+
+    pub fn health(&self) -> State {
+        State::from_u8(self.health.load(Ordering::Relaxed))
+    }
+
+    /// Why the backend is in its health state.
+    pub fn health_why(&self) -> Why {
+        Why::unpack(self.health_why.load(Ordering::Relaxed))
+    }
+
+    /// Since when (Unix ms) the backend is in its health state.
+    pub fn health_since_unix_ms(&self) -> u64 {
+        self.health_since_unix_ms.load(Ordering::Relaxed)
+    }
+
+    /// Enters `state` for `why` (API shard only). The time is kept when the state stays.
+    pub fn set_health(&self, state: State, why: Why) {
+        if self.health() != state {
+            self.health_since_unix_ms
+                .store(crate::clock::unix_ms(), Ordering::Relaxed);
+        }
+        self.health_why.store(why.pack(), Ordering::Relaxed);
+        self.health.store(state as u8, Ordering::Relaxed);
+    }
+
+    pub fn check_kind(&self) -> CheckKind {
+        match self.check_kind.load(Ordering::Relaxed) {
+            0 => CheckKind::Tcp,
+            1 => CheckKind::Http,
+            _ => CheckKind::None,
+        }
+    }
+
+    /// Notes the effective check kind (API shard only).
+    pub fn set_check_kind(&self, kind: CheckKind) {
+        self.check_kind.store(kind as u8, Ordering::Relaxed);
+    }
+
+    /// Counts a failed connect by shard `shard` (that shard only; single writer, so a load and a
+    /// store, no locked instruction).
+    #[inline]
+    pub fn connect_failed(&self, shard: usize, now_unix_ms: u64) {
+        let s = self.slot(shard);
+        let streak = s.fail_streak.load(Ordering::Relaxed);
+        s.fail_streak
+            .store(streak.saturating_add(1), Ordering::Relaxed);
+        let total = s.failures.load(Ordering::Relaxed);
+        s.failures.store(total + 1, Ordering::Relaxed);
+        s.last_failure_unix_ms.store(now_unix_ms, Ordering::Relaxed);
+    }
+
+    /// Notes a successful connect by shard `shard` (that shard only): its streak ends.
+    #[inline]
+    pub fn connect_succeeded(&self, shard: usize) {
+        let s = self.slot(shard);
+        if s.fail_streak.load(Ordering::Relaxed) != 0 {
+            s.fail_streak.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Failed connects since each shard's last successful one, summed over shards.
+    pub fn failure_streak(&self) -> u32 {
+        self.slots
+            .iter()
+            .map(|s| s.fail_streak.load(Ordering::Relaxed))
+            .fold(0u32, u32::saturating_add)
+    }
+
+    /// Failed connects, ever, over every shard.
+    pub fn connect_failures(&self) -> u64 {
+        self.slots
+            .iter()
+            .map(|s| s.failures.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// The last failed connect on any shard (Unix ms), if any.
+    pub fn last_connect_failure_unix_ms(&self) -> Option<u64> {
+        self.slots
+            .iter()
+            .map(|s| s.last_failure_unix_ms.load(Ordering::Relaxed))
+            .max()
+            .filter(|&t| t != 0)
     }
 }
 
@@ -152,6 +286,8 @@ pub struct BackendSpec {
     pub ttl_secs: Option<u64>,
     /// ALPN protocols the backend speaks (`None`: `http/1.1` only).
     pub alpn: Option<Vec<String>>,
+    /// Health-check override (`None`: the hub's settings).
+    pub check: Option<CheckSpec>,
 }
 
 impl BackendSpec {
@@ -170,6 +306,7 @@ impl BackendSpec {
             hard_limit: None,
             ttl_secs: None,
             alpn: None,
+            check: None,
         }
     }
 }
@@ -205,6 +342,9 @@ pub struct Registry {
     journaling: bool,
     /// Ids already reported as expired (so each expiry is logged once).
     expired: BTreeMap<String, ()>,
+    /// Ids registered or updated since the health checker last looked
+    /// ([`Registry::take_health_changes`]).
+    health_changes: Vec<String>,
     shards: usize,
     default_ttl_ms: u64,
     grace_ms: u64,
@@ -307,6 +447,7 @@ pub fn stored(b: &Backend) -> StoredBackend {
         hard_limit: b.hard_limit,
         ttl_secs: b.ttl_secs,
         alpn: b.alpn.clone(),
+        check: b.check.clone().map(Box::new),
         registered_unix_ms: b.registered_unix_ms,
         last_heartbeat_unix_ms: b.live.last_heartbeat_unix_ms.load(Ordering::Relaxed),
         draining: b.live.draining.load(Ordering::Relaxed),
@@ -351,6 +492,7 @@ impl Registry {
             journal: Vec::new(),
             journaling: false,
             expired: BTreeMap::new(),
+            health_changes: Vec::new(),
             shards: shards.max(1),
             default_ttl_ms: default_ttl_secs.saturating_mul(1000),
             grace_ms: grace_secs.saturating_mul(1000),
@@ -427,6 +569,7 @@ impl Registry {
             hard_limit: spec.hard_limit,
             ttl_secs: spec.ttl_secs,
             alpn: spec.alpn,
+            check: spec.check,
             registered_unix_ms,
             live,
         };
@@ -435,6 +578,7 @@ impl Registry {
             self.journal.push(Record::Put(stored(&backend)));
         }
         self.join_app(&backend);
+        self.health_changes.push(backend.id.clone());
         self.backends.insert(backend.id.clone(), backend);
         self.dirty = true;
         outcome
@@ -494,6 +638,12 @@ impl Registry {
         // Marked as a change so the answer waits for the record to be durable.
         self.dirty = true;
         true
+    }
+
+    /// The ids registered or updated since the last call, for the health checker (which finds
+    /// deregistered ones missing when their next check is due).
+    pub fn take_health_changes(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.health_changes)
     }
 
     /// Turns on journaling: from now on every change is also recorded for persistence.

@@ -3,7 +3,9 @@
 //!
 //! - [`Hub::start`] runs the binary with 2 shards and every listener on port 0, then waits for
 //!   its `ready:` log line, which names the ports it got. No sleeps: the line is printed only
-//!   once every shard is serving.
+//!   once every shard is serving. Active health checks are off (`--health-check=none`) unless
+//!   the test sets `--health-check`: tests register backends at overlay addresses (10.50.x.y)
+//!   that a check would send packets to, and tests send traffic to 127.0.0.0/8 only.
 //! - [`Hub::api`] is a minimal HTTP/1.1 client; [`Hub::register`] registers a backend.
 //! - [`dns_query`] / [`udp_dns`] / [`tcp_dns`] build and send DNS queries.
 //!
@@ -80,6 +82,12 @@ impl Hub {
         // 2 shards unless the test asks for another count.
         if !extra.iter().any(|a| a.starts_with("--shards=")) {
             cmd.arg("--shards=2");
+        }
+        // No active checks unless the test asks for them (see the module docs).
+        if !extra.iter().any(|a| a.starts_with("--health-check="))
+            && !env.iter().any(|(k, _)| *k == "EDGEPROXY_HEALTH_CHECK")
+        {
+            cmd.arg("--health-check=none");
         }
         cmd.args([
             "--listen-addr=127.0.0.1:0",
