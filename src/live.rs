@@ -1,5 +1,6 @@
-//! Settings that change without a restart: the TCP route listeners (`EDGEPROXY_ROUTES`) and the
-//! TLS routes (`EDGEPROXY_TLS_ROUTES`, `EDGEPROXY_TLS_DEFAULT_APP`).
+//! Settings that change without a restart: the TCP route listeners (`EDGEPROXY_ROUTES`), the
+//! TLS routes (`EDGEPROXY_TLS_ROUTES`, `EDGEPROXY_TLS_DEFAULT_APP`) and the health-check and
+//! ejection settings (`EDGEPROXY_HEALTH_*`, read by the checker on the API shard).
 //!
 //! They live in a [`LiveCell`], an `ArcSwap` of an immutable [`Live`], like the registry's
 //! snapshot: the main thread builds a new `Live` on SIGHUP ([`plan`], [`Reloaded::apply`]) and
@@ -88,13 +89,59 @@ pub struct TlsRoutes {
     pub default_app: Option<String>,
 }
 
+/// The hub's health-check and passive-ejection settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthSettings {
+    pub check: crate::health::Check,
+    pub ejection: crate::health::Ejection,
+    pub concurrency: usize,
+}
+
+impl HealthSettings {
+    pub fn of(cfg: &crate::config::Config) -> HealthSettings {
+        HealthSettings {
+            check: cfg.health_check.clone(),
+            ejection: cfg.health_ejection,
+            concurrency: cfg.health_check_concurrency,
+        }
+    }
+}
+
 /// What the data plane reads of the live settings. Immutable once published.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Live {
     /// Bumped by every reload that changed something.
     pub generation: u64,
     pub routes: Vec<LiveRoute>,
     pub tls: TlsRoutes,
+    pub health: HealthSettings,
+}
+
+impl Default for Live {
+    fn default() -> Live {
+        Live {
+            generation: 0,
+            routes: Vec::new(),
+            tls: TlsRoutes::default(),
+            health: HealthSettings {
+                check: crate::health::Check {
+                    kind: crate::health::CheckKind::None,
+                    path: "/".into(),
+                    interval_ms: 5_000,
+                    timeout_ms: 2_000,
+                    rise: 2,
+                    fall: 3,
+                },
+                ejection: crate::health::Ejection {
+                    failures: 0,
+                    window_ms: 10_000,
+                    backoff_ms: 5_000,
+                    backoff_max_ms: 300_000,
+                },
+                concurrency: 1,
+            },
+        }
+    }
 }
 
 impl Live {
@@ -135,14 +182,127 @@ impl LiveCell {
 pub struct Wanted {
     pub routes: Vec<Route>,
     pub tls: TlsRoutes,
+    pub health: HealthSettings,
 }
 
-/// The environment variables that [`plan`] applies live.
-pub const LIVE_VARS: [&str; 3] = [
-    "EDGEPROXY_ROUTES",
-    "EDGEPROXY_TLS_ROUTES",
-    "EDGEPROXY_TLS_DEFAULT_APP",
+/// The health settings' variables (their flags are `--health-*`).
+const HEALTH_VARS: [&str; 11] = [
+    "EDGEPROXY_HEALTH_CHECK",
+    "EDGEPROXY_HEALTH_CHECK_PATH",
+    "EDGEPROXY_HEALTH_CHECK_INTERVAL_MS",
+    "EDGEPROXY_HEALTH_CHECK_TIMEOUT_MS",
+    "EDGEPROXY_HEALTH_CHECK_RISE",
+    "EDGEPROXY_HEALTH_CHECK_FALL",
+    "EDGEPROXY_HEALTH_CHECK_CONCURRENCY",
+    "EDGEPROXY_HEALTH_EJECT_FAILURES",
+    "EDGEPROXY_HEALTH_EJECT_WINDOW_MS",
+    "EDGEPROXY_HEALTH_EJECT_BACKOFF_MS",
+    "EDGEPROXY_HEALTH_EJECT_BACKOFF_MAX_MS",
 ];
+
+/// Whether `EDGEPROXY_*` variable `name` is applied live by [`plan`].
+pub fn is_live_var(name: &str) -> bool {
+    matches!(
+        name,
+        "EDGEPROXY_ROUTES" | "EDGEPROXY_TLS_ROUTES" | "EDGEPROXY_TLS_DEFAULT_APP"
+    ) || HEALTH_VARS.contains(&name)
+}
+
+/// The health settings a file asks for, with exactly the flags' parsers and ranges: the file's
+/// values are parsed as the `--health-*` flags by the same command-line definition, with
+/// environment fallbacks switched off (the fallback rule of [`plan`] is applied per setting).
+fn plan_health(
+    vars: &BTreeMap<String, String>,
+    in_startup_env: &impl Fn(&str) -> bool,
+    startup: &HealthSettings,
+) -> Result<HealthSettings, String> {
+    use clap::{CommandFactory, FromArgMatches};
+    let with_env = crate::config::Args::command();
+    let mut argv = vec!["edgeproxy".to_string()];
+    for name in HEALTH_VARS {
+        if let Some(value) = vars.get(name) {
+            let long = with_env
+                .get_arguments()
+                .find(|a| a.get_env().is_some_and(|e| e == name))
+                .and_then(|a| a.get_long())
+                .ok_or_else(|| format!("{name}: no such setting"))?;
+            argv.push(format!("--{long}={value}"));
+        }
+    }
+    let matches = crate::config::Args::command()
+        .mut_args(|a| a.env(None))
+        .try_get_matches_from(&argv)
+        .map_err(|e| {
+            let text = e.render().to_string();
+            let line = text.lines().next().unwrap_or("invalid value");
+            format!("EDGEPROXY_HEALTH_*: {}", line.trim_start_matches("error: "))
+        })?;
+    let args = crate::config::Args::from_arg_matches(&matches).map_err(|e| e.to_string())?;
+    // In the file, or removed from it (the default): what was parsed; else the startup value.
+    let take = |name: &str| vars.contains_key(name) || in_startup_env(name);
+    let (c, e) = (&startup.check, &startup.ejection);
+    Ok(HealthSettings {
+        check: crate::health::Check {
+            kind: if take(HEALTH_VARS[0]) {
+                args.health_check
+            } else {
+                c.kind
+            },
+            path: if take(HEALTH_VARS[1]) {
+                args.health_check_path
+            } else {
+                c.path.clone()
+            },
+            interval_ms: if take(HEALTH_VARS[2]) {
+                args.health_check_interval_ms
+            } else {
+                c.interval_ms
+            },
+            timeout_ms: if take(HEALTH_VARS[3]) {
+                args.health_check_timeout_ms
+            } else {
+                c.timeout_ms
+            },
+            rise: if take(HEALTH_VARS[4]) {
+                args.health_check_rise
+            } else {
+                c.rise
+            },
+            fall: if take(HEALTH_VARS[5]) {
+                args.health_check_fall
+            } else {
+                c.fall
+            },
+        },
+        concurrency: if take(HEALTH_VARS[6]) {
+            args.health_check_concurrency as usize
+        } else {
+            startup.concurrency
+        },
+        ejection: crate::health::Ejection {
+            failures: if take(HEALTH_VARS[7]) {
+                args.health_eject_failures
+            } else {
+                e.failures
+            },
+            window_ms: if take(HEALTH_VARS[8]) {
+                args.health_eject_window_ms
+            } else {
+                e.window_ms
+            },
+            backoff_ms: if take(HEALTH_VARS[9]) {
+                args.health_eject_backoff_ms
+            } else {
+                e.backoff_ms
+            },
+            backoff_max_ms: if take(HEALTH_VARS[10]) {
+                args.health_eject_backoff_max_ms
+            } else {
+                e.backoff_max_ms
+            },
+        },
+    })
+}
 
 /// Reads the live settings out of an environment file's variables (pure).
 ///
@@ -199,12 +359,14 @@ pub fn plan(
         Some(_) => None,
         None => startup.tls.default_app.clone(),
     };
+    let health = plan_health(vars, &in_startup_env, &startup.health)?;
     Ok(Wanted {
         routes,
         tls: TlsRoutes {
             routes: tls_routes,
             default_app,
         },
+        health,
     })
 }
 
@@ -302,6 +464,10 @@ mod tests {
         assert_eq!(d.remove, vec![cur[2].listener.id]);
     }
 
+    fn health() -> HealthSettings {
+        Live::default().health
+    }
+
     #[test]
     fn plan_reads_the_file_and_falls_back_by_origin() {
         let startup = Wanted {
@@ -310,6 +476,7 @@ mod tests {
                 routes: vec!["x.example=a".parse().unwrap()],
                 default_app: Some("a".into()),
             },
+            health: health(),
         };
         // In the file: taken from it.
         let w = plan(
@@ -340,6 +507,7 @@ mod tests {
         let startup = Wanted {
             routes: vec![],
             tls: TlsRoutes::default(),
+            health: health(),
         };
         for (k, v, why) in [
             ("EDGEPROXY_ROUTES", "9000", "PORT=APP"),
@@ -348,10 +516,56 @@ mod tests {
             ("EDGEPROXY_ROUTES", "9000=bad_app!", "DNS-safe"),
             ("EDGEPROXY_TLS_ROUTES", "x=a:bogus", "unknown option"),
             ("EDGEPROXY_TLS_DEFAULT_APP", "no spaces", "not an app name"),
+            ("EDGEPROXY_HEALTH_CHECK", "icmp", "health-check"),
+            (
+                "EDGEPROXY_HEALTH_CHECK_INTERVAL_MS",
+                "10",
+                "health-check-interval-ms",
+            ),
+            (
+                "EDGEPROXY_HEALTH_CHECK_PATH",
+                "healthz",
+                "health-check-path",
+            ),
+            (
+                "EDGEPROXY_HEALTH_EJECT_FAILURES",
+                "-1",
+                "health-eject-failures",
+            ),
         ] {
             let err = plan(&vars(&[(k, v)]), |_| false, &startup, 8080).unwrap_err();
-            assert!(err.contains(k) && err.contains(why), "{k}={v}: {err}");
+            assert!(
+                (err.contains(k) || k.starts_with("EDGEPROXY_HEALTH")) && err.contains(why),
+                "{k}={v}: {err}"
+            );
         }
+    }
+
+    #[test]
+    fn health_settings_parse_like_their_flags_and_fall_back_per_setting() {
+        let startup = Wanted {
+            routes: vec![],
+            tls: TlsRoutes::default(),
+            health: health(),
+        };
+        let file = vars(&[
+            ("EDGEPROXY_HEALTH_CHECK", "http"),
+            ("EDGEPROXY_HEALTH_CHECK_PATH", "/healthz"),
+            ("EDGEPROXY_HEALTH_CHECK_FALL", "1"),
+        ]);
+        // Not in the file and not in the environment: the startup values stay.
+        let w = plan(&file, |_| false, &startup, 8080).unwrap();
+        assert_eq!(w.health.check.kind, crate::health::CheckKind::Http);
+        assert_eq!(w.health.check.path, "/healthz");
+        assert_eq!(w.health.check.fall, 1);
+        assert_eq!(w.health.check.rise, startup.health.check.rise);
+        assert_eq!(w.health.ejection, startup.health.ejection);
+        assert_eq!(w.health.concurrency, 1);
+        // Removed from a file the process started with: the flags' defaults.
+        let w = plan(&file, |_| true, &startup, 8080).unwrap();
+        assert_eq!(w.health.check.interval_ms, 5_000);
+        assert_eq!(w.health.ejection.failures, 3);
+        assert_eq!(w.health.concurrency, 1024);
     }
 
     #[test]

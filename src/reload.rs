@@ -75,9 +75,7 @@ pub fn reload(path: &Path, rust_log_fixed: bool) -> io::Result<Reread> {
     let need_restart = vars
         .iter()
         .filter(|(k, _)| k.starts_with("EDGEPROXY_"))
-        .filter(|(k, _)| {
-            !live.contains(&k.as_str()) && !crate::live::LIVE_VARS.contains(&k.as_str())
-        })
+        .filter(|(k, _)| !live.contains(&k.as_str()) && !crate::live::is_live_var(k))
         .filter(|(k, v)| std::env::var(k).ok().as_deref() != Some(v.as_str()))
         .map(|(k, _)| k.clone())
         .collect();

@@ -494,11 +494,30 @@ impl LiveReloader {
                 wanted.tls.default_app.as_deref().unwrap_or("none")
             ));
         }
+        if wanted.health != current.health {
+            let (c, e) = (&wanted.health.check, &wanted.health.ejection);
+            changes.push(format!(
+                "health checks: {} every {} ms (timeout {} ms, rise {}, fall {}, path {}, {} at once); \
+                 ejection after {} failed connects in {} ms for {}..{} ms",
+                c.kind.as_str(),
+                c.interval_ms,
+                c.timeout_ms,
+                c.rise,
+                c.fall,
+                c.path,
+                wanted.health.concurrency,
+                e.failures,
+                e.window_ms,
+                e.backoff_ms,
+                e.backoff_max_ms
+            ));
+        }
         if !changes.is_empty() {
             self.cell.store(Live {
                 generation: current.generation + 1,
                 routes,
                 tls: wanted.tls,
+                health: wanted.health,
             });
         }
         changes
@@ -571,11 +590,13 @@ pub fn start(cfg: Config) -> Result<Hub, StartError> {
             routes: cfg.tls.routes.clone(),
             default_app: cfg.tls.default_app.clone(),
         },
+        health: crate::live::HealthSettings::of(&cfg),
     };
     let live = Arc::new(crate::live::LiveCell::new(crate::live::Live {
         generation: 0,
         routes,
         tls: startup.tls.clone(),
+        health: startup.health.clone(),
     }));
     let cfg = Arc::new(cfg);
     let cell = Arc::new(SnapshotCell::new());

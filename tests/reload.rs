@@ -178,3 +178,42 @@ fn sighup_reloads_tls_routes() {
     // Now the name is forwarded untouched to the app's backend, which speaks first.
     assert_eq!(first_byte_for_sni(hub.tls, "www.example.com"), b'W');
 }
+
+#[test]
+fn sighup_changes_health_check_settings_live() {
+    let dir = StateDir::new();
+    let file = dir.0.join("edgeproxy.env");
+    std::fs::write(&file, "# no health settings: the flags' values\n").unwrap();
+    let arg = format!("--config-file={}", file.display());
+    // The harness starts hubs with --health-check=none.
+    let hub = Hub::start(&[&arg]);
+    // Nothing listens there: a check would fail, but there are no checks yet.
+    let port = free_port();
+    hub.register("gone", "gone.app", "sa", "127.0.0.1", port);
+    let state = |hub: &Hub| {
+        let (status, json) = hub.api("GET", "/api/v1/backends/gone", None);
+        assert_eq!(status, 200, "{json}");
+        json["health"]["state"].as_str().unwrap_or("").to_string()
+    };
+    assert_eq!(state(&hub), "up");
+    std::fs::write(
+        &file,
+        "EDGEPROXY_HEALTH_CHECK=tcp\nEDGEPROXY_HEALTH_CHECK_INTERVAL_MS=100\nEDGEPROXY_HEALTH_CHECK_FALL=1\n",
+    )
+    .unwrap();
+    hub.signal(libc::SIGHUP);
+    hub.logs_until("SIGHUP: health checks: tcp every 100 ms");
+    eventually("the unreachable backend goes down", || {
+        state(&hub) == "down"
+    });
+    // Back to no checks: nothing would bring it back, so it is up again at once.
+    std::fs::write(&file, "EDGEPROXY_HEALTH_CHECK=none\n").unwrap();
+    hub.signal(libc::SIGHUP);
+    hub.logs_until("SIGHUP: health checks: none");
+    eventually("the backend is up again", || state(&hub) == "up");
+    let (_, json) = hub.api("GET", "/api/v1/backends/gone", None);
+    assert_eq!(
+        json["health"]["reason"], "active checks turned off",
+        "{json}"
+    );
+}

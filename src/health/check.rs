@@ -225,6 +225,37 @@ impl Checker {
         }
     }
 
+    /// Applies new hub-wide settings (SIGHUP): backends on the hub's check, and the settings
+    /// each backend's own check does not fix, change at once; every backend's next check is
+    /// rescheduled within one new interval. Health states and their counts carry over.
+    pub fn reconfigure(&mut self, settings: &crate::live::HealthSettings, now: u64) {
+        self.defaults = Rc::new(settings.check.clone());
+        self.ejection = settings.ejection;
+        self.concurrency = settings.concurrency.max(1);
+        let keys: Vec<u64> = self.entries.keys().copied().collect();
+        for key in keys {
+            let Some(e) = self.entries.get_mut(&key) else {
+                continue;
+            };
+            e.check = match &e.spec {
+                None => self.defaults.clone(),
+                Some(spec) => Rc::new(Check::resolve(&self.defaults, Some(spec))),
+            };
+            e.live.set_check_kind(e.check.kind);
+            if e.machine.ejected_until().is_some() {
+                continue;
+            }
+            // Down by checks that no longer run: nothing would ever bring it back.
+            if e.check.kind == CheckKind::None && e.live.health() == State::Down {
+                e.machine = Machine::new(now);
+                e.live.set_health(State::Up, Why::new(Reason::ChecksOff));
+                log::info!("backend {}: down -> up (active checks turned off)", e.id);
+            }
+            let first = self.jitter(key, self.entries[&key].check.interval_ms.max(1));
+            self.schedule(key, now + first);
+        }
+    }
+
     /// A pseudo-random number below `n` (spreading checks; no need for a real generator).
     fn jitter(&mut self, key: u64, n: u64) -> u64 {
         self.seq += 1;
@@ -444,11 +475,23 @@ fn apply(e: &Entry, t: &Transition, stats: &Stats) {
 /// The checker task: runs until the hub starts draining.
 pub async fn run(ctx: Rc<ShardCtx>, control: Rc<Control>) {
     let mut checker = Checker::new(&ctx.cfg);
+    let mut generation = ctx.live.load().generation;
+    let mut settings = crate::live::HealthSettings::of(&ctx.cfg);
     loop {
         if crate::shutdown::draining() {
             return;
         }
         let now = crate::clock::now_ms();
+        {
+            let live = ctx.live.load();
+            if live.generation != generation {
+                generation = live.generation;
+                if live.health != settings {
+                    settings = live.health.clone();
+                    checker.reconfigure(&settings, now);
+                }
+            }
+        }
         checker.sync(&mut control.registry.borrow_mut(), now);
         checker.passive(&ctx, now, &control.health);
         let probes = checker.round(&control.registry.borrow(), now, &control.health);

@@ -94,6 +94,8 @@ pub enum Reason {
     ConnectFailures = 7,
     /// The ejection ended and the backend has no check to probe it with.
     EjectionOver = 8,
+    /// Active checks were turned off (SIGHUP) while checks had it down.
+    ChecksOff = 9,
 }
 
 impl Reason {
@@ -107,6 +109,7 @@ impl Reason {
             6 => Reason::HttpInvalid,
             7 => Reason::ConnectFailures,
             8 => Reason::EjectionOver,
+            9 => Reason::ChecksOff,
             _ => Reason::Registered,
         }
     }
@@ -149,6 +152,7 @@ impl Why {
                 format!("{} failed connects from the proxy", self.detail)
             }
             Reason::EjectionOver => "ejection over (no check to probe with)".into(),
+            Reason::ChecksOff => "active checks turned off".into(),
         }
     }
 }
