@@ -561,28 +561,30 @@ fn live_members<'s>(
         .filter(move |b| b.eligible(now_ms))
 }
 
-/// `<app>`: the best live backend for this client.
+/// `<app>`: the best live backend for this client among those of the asked address family
+/// (an app with IPv4 and IPv6 backends answers A with the best IPv4 one and AAAA with the best
+/// IPv6 one, not NODATA when the overall best has the other family).
 fn best(msg: &mut Message<'_>, ask: &Ask<'_>, app: &str) -> Rcode {
-    let chosen = ask.snap.app(app).and_then(|group| {
-        pick(
-            Scope::App(group),
-            &ask.client(),
-            &ask.zone.hub_region,
-            ask.now(),
-            &[],
-        )
+    let Some(group) = ask.snap.app(app) else {
+        return ask.absent(msg, app);
+    };
+    let (client, hub) = (ask.client(), ask.zone.hub_region.as_str());
+    let chosen = pick_where(Scope::App(group), &client, hub, ask.now(), &[], |b| {
+        ask.wants(b.ip)
     });
-    match chosen {
-        Some((backend, _tier)) if ask.wants(backend.ip) => {
-            address(
-                msg,
-                Section::Answer,
-                NameRef::At(QNAME_OFFSET),
-                ask.zone.ttl,
-                backend.ip,
-            );
-            Rcode::NoError
-        }
+    if let Some((backend, _tier)) = chosen {
+        address(
+            msg,
+            Section::Answer,
+            NameRef::At(QNAME_OFFSET),
+            ask.zone.ttl,
+            backend.ip,
+        );
+        return Rcode::NoError;
+    }
+    // No live backend of that family (or not an address query): NODATA while the app has a
+    // live backend at all, else it does not exist (as Consul).
+    match pick(Scope::App(group), &client, hub, ask.now(), &[]) {
         Some(_) => ask.nodata(msg),
         None => ask.absent(msg, app),
     }
@@ -1520,6 +1522,24 @@ mod tests {
         let p = Packet::parse(&out).unwrap();
         assert!(p.answers.is_empty());
         assert_eq!(p.nameservers.len(), 1);
+    }
+
+    #[test]
+    fn a_dual_stack_app_answers_each_family_with_its_best() {
+        // Whichever backend is best overall for each client, A and AAAA both have an answer.
+        let (_reg, cell) = snapshot(&[
+            spec("v4", "dual", "sa", "10.50.1.9"),
+            spec("v6", "dual", "sa", "fd00:50::9"),
+        ]);
+        for i in 0..64u8 {
+            let ex = exchange(&format!("10.50.1.{i}"), UDP);
+            let (_, out) = ask_with(&cell, &query("dual.internal", TYPE_A), &ex);
+            let v4: IpAddr = "10.50.1.9".parse().unwrap();
+            assert_eq!(only_ip(&Packet::parse(&out).unwrap()), v4);
+            let (_, out) = ask_with(&cell, &query("dual.internal", TYPE_AAAA), &ex);
+            let v6: IpAddr = "fd00:50::9".parse().unwrap();
+            assert_eq!(only_ip(&Packet::parse(&out).unwrap()), v6);
+        }
     }
 
     #[test]
