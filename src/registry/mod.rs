@@ -11,7 +11,7 @@
 
 mod snapshot;
 
-pub use snapshot::{AppGroup, Bucket, Snapshot, SnapshotCell};
+pub use snapshot::{group_of, AppGroup, Bucket, MemberList, Run, Snapshot, SnapshotCell, GROUPS};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -63,13 +63,55 @@ impl Backend {
         self.live.connections()
     }
 
-    /// Whether one more connection would stay within the hard limit.
+    /// Whether one more connection would stay within the hard limit: counting connections
+    /// being opened (reserved, see [`Backend::try_reserve`]) as well as open ones.
     #[inline]
     pub fn has_capacity(&self) -> bool {
         match self.hard_limit {
-            Some(limit) => self.live.connections() < limit,
+            Some(limit) => {
+                self.live.reserved.load(Ordering::Relaxed) < limit
+                    && self.live.connections() < limit
+            }
             None => true,
         }
+    }
+
+    /// Takes one of the hard limit's slots before connecting, so that shards picking at the
+    /// same moment cannot together exceed it (a compare-and-swap on one counter per limited
+    /// backend). `false` at the limit. A backend without a hard limit reserves nothing (no
+    /// shared write on its hot path) and always succeeds. Give the slot back with
+    /// [`Backend::release`] when the connection fails or closes.
+    #[inline]
+    pub fn try_reserve(&self) -> Reserved {
+        let Some(limit) = self.hard_limit else {
+            return Reserved::Unlimited;
+        };
+        if self.live.connections() >= limit {
+            return Reserved::Full;
+        }
+        let r = &self.live.reserved;
+        let mut cur = r.load(Ordering::Relaxed);
+        loop {
+            if cur >= limit {
+                return Reserved::Full;
+            }
+            match r.compare_exchange_weak(cur, cur + 1, Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => return Reserved::Slot,
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    /// Gives back a slot taken by [`Backend::try_reserve`] (`Reserved::Slot` only).
+    #[inline]
+    pub fn release(&self) {
+        self.live.reserved.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Whether the backend is at or above its soft limit (ranks after unloaded ones).
+    #[inline]
+    pub fn soft_loaded(&self, load: u32) -> bool {
+        self.soft_limit.is_some_and(|soft| load >= soft)
     }
 
     /// Whether the backend speaks the ALPN protocol `proto`. A backend that declared no list is
@@ -87,6 +129,18 @@ impl Backend {
     pub fn eligible(&self, now_ms: u64) -> bool {
         self.alive(now_ms) && !self.live.draining.load(Ordering::Relaxed) && self.has_capacity()
     }
+}
+
+/// What [`Backend::try_reserve`] got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub enum Reserved {
+    /// A slot of the hard limit: release it when done.
+    Slot,
+    /// No hard limit: nothing to release.
+    Unlimited,
+    /// At the hard limit.
+    Full,
 }
 
 /// The protocol of a backend that declares no `alpn`.
@@ -107,6 +161,10 @@ pub struct BackendLive {
     pub last_heartbeat_unix_ms: AtomicU64,
     /// Set while draining: no new connections or DNS answers.
     pub draining: AtomicBool,
+    /// Connections open or being opened to a backend with a hard limit, over every shard:
+    /// the one counter shards share, and only for limited backends (see
+    /// [`Backend::try_reserve`]).
+    pub reserved: AtomicU32,
     /// Live forwarded connections, one slot per shard, each written only by its shard.
     conns: Box<[ShardCounter]>,
 }
@@ -117,6 +175,7 @@ impl BackendLive {
             expires_at_ms: AtomicU64::new(u64::MAX),
             last_heartbeat_unix_ms: AtomicU64::new(0),
             draining: AtomicBool::new(false),
+            reserved: AtomicU32::new(0),
             conns: (0..shards.max(1))
                 .map(|_| ShardCounter::default())
                 .collect(),
