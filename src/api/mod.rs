@@ -179,6 +179,7 @@ async fn connection(ctx: &ShardCtx, mut stream: TcpStream, control: &Control) ->
                         api: Some(&control.stats),
                         data_plane: Some(&ctx.all_metrics),
                         tls: control.tls.is_some(),
+                        hub_region: &cfg.region,
                     };
                     let draining = crate::shutdown::draining();
                     let resp = match control.auth.check(&req) {

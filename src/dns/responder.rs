@@ -30,10 +30,11 @@ use super::wire::{
     TYPE_IXFR, TYPE_NS, TYPE_OPT, TYPE_SOA,
 };
 use crate::config::Config;
-use crate::geo::RegionMap;
+use crate::geo::{Geo, RegionMap};
 use crate::registry::Snapshot;
-use crate::select::{pick, Client, Scope};
+use crate::select::{pick_with, Client, Policy, Scope};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 /// SOA timers. Nothing transfers this zone (no secondaries), so these only need to be sane.
 const SOA_REFRESH: u32 = 3600;
@@ -55,7 +56,9 @@ pub struct Zone {
     /// The UDP payload size we advertise in OPT, and the most we send over UDP.
     max_udp_size: u16,
     hub_region: String,
-    region_map: RegionMap,
+    /// Who the asking client is (region map, GeoIP).
+    geo: Arc<Geo>,
+    balance_factor: f64,
 }
 
 impl Zone {
@@ -81,18 +84,22 @@ impl Zone {
             ttl,
             max_udp_size,
             hub_region: hub_region.to_string(),
-            region_map,
+            geo: Arc::new(Geo::with_map(region_map)),
+            balance_factor: crate::select::DEFAULT_BALANCE_FACTOR,
         }
     }
 
     pub fn from_config(cfg: &Config) -> Zone {
-        Zone::new(
+        let mut zone = Zone::new(
             &cfg.dns_zone,
             cfg.dns_ttl_secs,
             cfg.dns_max_udp_size,
             &cfg.region,
-            cfg.region_map.clone(),
-        )
+            RegionMap::new(Vec::new()),
+        );
+        zone.geo = cfg.geo.clone();
+        zone.balance_factor = cfg.balance_factor;
+        zone
     }
 
     pub fn max_udp_size(&self) -> u16 {
@@ -282,8 +289,15 @@ fn answer(
             // Only DNS-safe ASCII was copied into the buffer (see `classify`).
             let app = std::str::from_utf8(&app_buf[..len]).unwrap_or("");
             let chosen = snap.app(app).and_then(|group| {
-                let client = Client::new(ex.client, zone.region_map.region_of(ex.client));
-                pick(Scope::App(group), &client, &zone.hub_region, ex.now_ms, &[])
+                let client = Client::at(ex.client, zone.geo.locate(ex.client));
+                let policy = Policy {
+                    hub_region: &zone.hub_region,
+                    regions: zone.geo.regions(),
+                    balance_factor: zone.balance_factor,
+                };
+                pick_with(Scope::App(group), &client, &policy, ex.now_ms, &[], |_| {
+                    true
+                })
             });
             match chosen {
                 Some((backend, _tier)) => {

@@ -202,6 +202,9 @@ const COUNTRIES: &[(&str, &str)] = &[
     ("UZ", "ap"),
 ];
 
+/// Another region seen from one: (region, distance, rank).
+pub type Neighbour = (Box<str>, u32, u32);
+
 /// The region vocabulary (see the module docs).
 #[derive(Debug, Clone)]
 pub struct Regions {
@@ -213,7 +216,7 @@ pub struct Regions {
     countries: Vec<(Country, Box<str>)>,
     /// For every known region, the other known regions by distance: (to, distance, rank);
     /// rank 1 is the nearest, equal distances share a rank.
-    near: Vec<(Box<str>, Vec<(Box<str>, u32, u32)>)>,
+    near: Vec<(Box<str>, Vec<Neighbour>)>,
 }
 
 impl Default for Regions {
@@ -348,7 +351,7 @@ impl Regions {
         let near = known
             .iter()
             .map(|from| {
-                let mut to: Vec<(Box<str>, u32, u32)> = dist
+                let mut to: Vec<Neighbour> = dist
                     .iter()
                     .filter_map(|(a, b, n)| {
                         if **from == **a {
@@ -434,7 +437,7 @@ impl Regions {
     }
 
     /// The other regions from `from`, nearest first: (region, distance, rank).
-    pub fn nearest(&self, from: &str) -> &[(Box<str>, u32, u32)] {
+    pub fn nearest(&self, from: &str) -> &[Neighbour] {
         self.near
             .iter()
             .find(|(f, _)| **f == *from)

@@ -621,6 +621,11 @@ impl Registry {
         }
     }
 
+    /// The last published snapshot (what every shard reads now).
+    pub fn snapshot(&self) -> &Arc<Snapshot> {
+        &self.current
+    }
+
     pub fn get(&self, id: &str) -> Option<&Arc<Backend>> {
         self.backends.get(id)
     }
