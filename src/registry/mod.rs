@@ -34,7 +34,8 @@ pub struct Backend {
     pub port: u16,
     /// Relative share of traffic within a tier, 1..=100.
     pub weight: u32,
-    /// Connections above which the backend is considered loaded (informational for now).
+    /// Connections at which the backend is loaded: it then ranks after every unloaded backend
+    /// of its tier (see [`crate::select`]).
     pub soft_limit: Option<u32>,
     /// Connections (over all shards) at which the backend takes no more new ones.
     pub hard_limit: Option<u32>,
@@ -352,6 +353,17 @@ impl AppMembers {
     }
 }
 
+/// `spec`'s region as selection knows it: lower-case, a POP code replaced by its region
+/// (`GRU` → `sa`). The API refuses unknown codes; records restored from disk or received from
+/// a peer keep theirs (lower-cased) rather than be dropped: such a backend is reached by its own
+/// region's clients and by the "any" tier.
+fn canonical_region(region: &str) -> String {
+    match crate::geo::current().regions().resolve(region) {
+        Ok((r, _)) => r.to_string(),
+        Err(_) => region.to_ascii_lowercase(),
+    }
+}
+
 /// The stored form of a backend.
 pub fn stored(b: &Backend) -> StoredBackend {
     StoredBackend {
@@ -477,7 +489,7 @@ impl Registry {
             key: stable_hash(spec.id.as_bytes()),
             id: spec.id,
             app: spec.app.to_ascii_lowercase(),
-            region: spec.region.to_ascii_lowercase(),
+            region: canonical_region(&spec.region),
             country: spec.country.map(|c| c.to_ascii_uppercase()),
             ip: spec.ip,
             port: spec.port,
@@ -769,6 +781,15 @@ mod tests {
         assert_eq!(second.connections(), 3);
         assert_eq!(second.registered_unix_ms, first.registered_unix_ms);
         assert_eq!(snap.len(), 1);
+    }
+
+    #[test]
+    fn restored_pop_codes_become_regions_and_unknown_codes_stay() {
+        let (mut reg, _cell) = registry();
+        reg.register(spec("a", "app", "GRU", "10.0.0.1"), 0);
+        reg.register(spec("b", "app", "Mars-1", "10.0.0.2"), 0);
+        assert_eq!(reg.get("a").unwrap().region, "sa");
+        assert_eq!(reg.get("b").unwrap().region, "mars-1");
     }
 
     #[test]
