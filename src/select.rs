@@ -459,10 +459,14 @@ fn best_in<'s, F: Fn(&Backend) -> bool>(
         }
     }
     let mut cap = Cap::new();
-    // Fast path: the first of the best groups with an unloaded candidate.
-    for &(gs, g) in top.iter().filter(|t| t.1 != usize::MAX) {
-        let mut best: Option<Best<'s>> = None;
-        scope.for_each_app(|app| {
+    // Fast path: the first of the best groups with an unloaded candidate (one pass over the
+    // scope's apps for all of them).
+    let mut bests: [Option<Best<'s>>; FAST_GROUPS] = [None; FAST_GROUPS];
+    scope.for_each_app(|app| {
+        for (t, &(gs, g)) in top.iter().enumerate() {
+            if g == usize::MAX {
+                break;
+            }
             for bucket in app.buckets_of_group(g) {
                 for list in spec.lists(bucket) {
                     let Some(run) = list.run(g as u32) else {
@@ -476,16 +480,16 @@ fn best_in<'s, F: Fn(&Backend) -> bool>(
                         let load = b.connections();
                         let class = cap.class(b, load, scope, spec, ctx);
                         let rank = (class, gs, score(key, b.key, b.weight), b.key);
-                        if better(rank, &best) {
-                            best = Some(Best { rank, backend: b });
+                        if better(rank, &bests[t]) {
+                            bests[t] = Some(Best { rank, backend: b });
                         }
                     }
                 }
             }
-        });
-        if let Some(b) = best.filter(|b| b.rank.0 == Class::Unloaded) {
-            return Some(b.backend);
         }
+    });
+    if let Some(b) = bests.iter().flatten().find(|b| b.rank.0 == Class::Unloaded) {
+        return Some(b.backend);
     }
     // Slow path: every candidate of the tier, in (class, group, member) order.
     let mut best: Option<Best<'s>> = None;
