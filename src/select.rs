@@ -437,17 +437,10 @@ fn best_in<'s, F: Fn(&Backend) -> bool>(
     spec: Spec<'_>,
     ctx: &Ctx<'_, F>,
 ) -> Option<&'s Arc<Backend>> {
-    let mut w = [0u64; GROUPS];
-    if group_weights(scope, spec, &mut w) == 0 {
-        return None;
-    }
     let key = ctx.client.key;
     // The best few groups, best first.
     let mut top: [(f64, usize); FAST_GROUPS] = [(f64::NEG_INFINITY, usize::MAX); FAST_GROUPS];
-    for (g, &weight) in w.iter().enumerate() {
-        if weight == 0 {
-            continue;
-        }
+    let mut offer = |g: usize, weight: u64| {
         let s = group_score(key, g, weight);
         if s > top[FAST_GROUPS - 1].0 {
             let mut i = FAST_GROUPS - 1;
@@ -456,6 +449,37 @@ fn best_in<'s, F: Fn(&Backend) -> bool>(
                 i -= 1;
             }
             top[i] = (s, g);
+        }
+    };
+    // One app of at most GROUPS buckets and a one-list tier (a region, a country): each group
+    // is one run of one list, its weight that run's, so runs are scored as they come. Else
+    // the groups' weights are summed first.
+    let direct = matches!(scope, Scope::App(app) if app.buckets().len() <= GROUPS)
+        && matches!(spec, Spec::Country(_) | Spec::Region(_));
+    let mut w = [0u64; GROUPS];
+    if direct {
+        let mut members = 0;
+        scope.for_each_app(|app| {
+            for bucket in app.buckets() {
+                for list in spec.lists(bucket) {
+                    for run in list.runs.iter() {
+                        offer(run.group as usize, run.weight);
+                    }
+                    members += list.members.len();
+                }
+            }
+        });
+        if members == 0 {
+            return None;
+        }
+    } else {
+        if group_weights(scope, spec, &mut w) == 0 {
+            return None;
+        }
+        for (g, &weight) in w.iter().enumerate() {
+            if weight != 0 {
+                offer(g, weight);
+            }
         }
     }
     let mut cap = Cap::new();
@@ -497,7 +521,12 @@ fn best_in<'s, F: Fn(&Backend) -> bool>(
         for bucket in app.buckets() {
             for list in spec.lists(bucket) {
                 for run in list.runs.iter() {
-                    let gs = group_score(key, run.group as usize, w[run.group as usize]);
+                    let weight = if direct {
+                        run.weight
+                    } else {
+                        w[run.group as usize]
+                    };
+                    let gs = group_score(key, run.group as usize, weight);
                     for &i in &list.members[run.start as usize..run.end as usize] {
                         let b = &bucket.backends()[i as usize];
                         if !ctx.candidate(b) {
@@ -967,7 +996,7 @@ mod routing_tests {
         let group = snap.app("app").unwrap();
         let members: Vec<&Arc<Backend>> = group
             .backends()
-            .filter(|b| b.region == spec_region)
+            .filter(|b| spec_region == "*" || b.region == spec_region)
             .collect();
         let mut w: HashMap<usize, u64> = HashMap::new();
         for b in &members {
@@ -982,7 +1011,7 @@ mod routing_tests {
                 bucket
                     .regions()
                     .iter()
-                    .filter(|l| &*l.name == spec_region)
+                    .filter(|l| spec_region == "*" || &*l.name == spec_region)
                     .flat_map(move |l| {
                         l.members
                             .iter()
@@ -1051,6 +1080,39 @@ mod routing_tests {
                 let want = brute(&snap, &c, "sa", factor);
                 assert_eq!(got.id, want.id, "client {n}, factor {factor}");
             }
+        }
+    }
+
+    #[test]
+    fn two_level_choice_in_the_any_tier_and_past_256_buckets() {
+        // Regions outside the distance table: only the "any" tier (groups summed over lists).
+        let specs: Vec<_> = (0..600)
+            .map(|i| spec(&format!("b{i}"), ["zz", "yy"][i % 2], 1 + (i % 4) as u32))
+            .collect();
+        let (_reg, cell) = build(specs);
+        let snap = cell.load_full();
+        for n in 0..200 {
+            let c = client(n, None);
+            assert_eq!(
+                choose(&snap, &c, 0.0).id,
+                brute(&snap, &c, "*", 0.0).id,
+                "client {n}"
+            );
+        }
+        // 70,000 backends: more buckets than groups, a group spans several buckets.
+        let specs: Vec<_> = (0..70_000)
+            .map(|i| spec(&format!("b{i}"), "sa", 1))
+            .collect();
+        let (_reg, cell) = build(specs);
+        let snap = cell.load_full();
+        assert!(snap.app("app").unwrap().buckets().len() > GROUPS);
+        for n in 0..8 {
+            let c = client(n, Some("sa"));
+            assert_eq!(
+                choose(&snap, &c, 0.0).id,
+                brute(&snap, &c, "sa", 0.0).id,
+                "client {n}"
+            );
         }
     }
 
