@@ -55,7 +55,7 @@ pub const DEFAULT_BALANCE_FACTOR: f64 = 1.25;
 
 /// How many of a tier's candidates the bounded-load cap's average is taken over: all of them
 /// up to this many, a fixed-size sample (storage order, i.e. by id hash) beyond.
-pub const LOAD_SAMPLE: usize = 256;
+pub const LOAD_SAMPLE: usize = 128;
 
 /// How many of the best groups are tried before a full scan of the tier.
 const FAST_GROUPS: usize = 4;
@@ -234,42 +234,73 @@ impl<'a> Spec<'a> {
     }
 }
 
-/// The most tiers a decision has (country, region, hub, near ranks, any).
-const MAX_TIERS: usize = 20;
+/// The client's tiers in order (see the module docs), produced one at a time: most decisions
+/// stop at the first.
+struct Tiers<'a> {
+    client: Client<'a>,
+    policy: Policy<'a>,
+    /// 0 country, 1 region, 2 hub, 3 near ranks, 4 any, 5 done.
+    stage: u8,
+    rank: u32,
+}
 
-/// The client's tiers in order.
-fn tiers<'a>(client: &Client<'a>, policy: &Policy<'a>) -> ([(Tier, Spec<'a>); MAX_TIERS], usize) {
-    let mut out = [(Tier::Any, Spec::Any); MAX_TIERS];
-    let mut n = 0;
-    let mut push = |t, s| {
-        if n < MAX_TIERS - 1 {
-            out[n] = (t, s);
-            n += 1;
+impl<'a> Tiers<'a> {
+    fn new(client: &Client<'a>, policy: &Policy<'a>) -> Self {
+        Tiers {
+            client: *client,
+            policy: *policy,
+            stage: 0,
+            rank: 0,
         }
-    };
-    if let Some(cc) = client.country {
-        push(Tier::Country, Spec::Country(cc));
     }
-    if let Some(r) = client.region {
-        push(Tier::ClientRegion, Spec::Region(r));
+}
+
+impl<'a> Iterator for Tiers<'a> {
+    type Item = (Tier, Spec<'a>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let (client, policy) = (&self.client, &self.policy);
+        loop {
+            let stage = self.stage;
+            if stage != 3 {
+                self.stage += 1;
+            }
+            match stage {
+                0 => {
+                    if let Some(cc) = client.country {
+                        return Some((Tier::Country, Spec::Country(cc)));
+                    }
+                }
+                1 => {
+                    if let Some(r) = client.region {
+                        return Some((Tier::ClientRegion, Spec::Region(r)));
+                    }
+                }
+                2 => {
+                    if client.region != Some(policy.hub_region) {
+                        return Some((Tier::HubRegion, Spec::Region(policy.hub_region)));
+                    }
+                }
+                3 => {
+                    let from = client.region.unwrap_or(policy.hub_region);
+                    self.rank += 1;
+                    if self.rank > policy.regions.max_rank(from) {
+                        self.stage = 4;
+                        continue;
+                    }
+                    let spec = Spec::Near {
+                        regions: policy.regions,
+                        from,
+                        rank: self.rank,
+                        skip: [client.region, Some(policy.hub_region)],
+                    };
+                    return Some((Tier::Near(self.rank), spec));
+                }
+                4 => return Some((Tier::Any, Spec::Any)),
+                _ => return None,
+            }
+        }
     }
-    if client.region != Some(policy.hub_region) {
-        push(Tier::HubRegion, Spec::Region(policy.hub_region));
-    }
-    let from = client.region.unwrap_or(policy.hub_region);
-    for rank in 1..=policy.regions.max_rank(from) {
-        push(
-            Tier::Near(rank),
-            Spec::Near {
-                regions: policy.regions,
-                from,
-                rank,
-                skip: [client.region, Some(policy.hub_region)],
-            },
-        );
-    }
-    out[n] = (Tier::Any, Spec::Any);
-    (out, n + 1)
 }
 
 /// The rendezvous score of a backend with `key` and `weight` for a client with `client_key`.
@@ -431,6 +462,89 @@ fn group_weights(scope: Scope<'_>, spec: Spec<'_>, w: &mut [u64; GROUPS]) -> usi
     members
 }
 
+/// The best unloaded candidate of group `g` (weight score `gs`), if it has one: the members'
+/// race is run on the inline keys and weights, and only the leaders are looked at (eligible?
+/// loaded?). `None` also when the leaders are all out: the caller then ranks the whole tier.
+#[inline]
+fn best_in_group<'s, F: Fn(&Backend) -> bool>(
+    scope: Scope<'s>,
+    spec: Spec<'_>,
+    g: usize,
+    ctx: &Ctx<'_, F>,
+    cap: &mut Cap,
+) -> Option<&'s Arc<Backend>> {
+    const LEADERS: usize = 4;
+    let key = ctx.client.key;
+    let mut lead: [(f64, Option<&'s Arc<Backend>>); LEADERS] = [(f64::NEG_INFINITY, None); LEADERS];
+    let mut count = 0usize;
+    scope.for_each_app(|app| {
+        for bucket in app.buckets_of_group(g) {
+            for list in spec.lists(bucket) {
+                let Some(run) = list.run(g as u32) else {
+                    continue;
+                };
+                let (start, end) = (run.start as usize, run.end as usize);
+                for j in start..end {
+                    count += 1;
+                    let s = score(key, list.keys[j], list.weights[j]);
+                    if s > lead[LEADERS - 1].0 {
+                        let b = &bucket.backends()[list.members[j] as usize];
+                        let mut i = LEADERS - 1;
+                        while i > 0 && s > lead[i - 1].0 {
+                            lead[i] = lead[i - 1];
+                            i -= 1;
+                        }
+                        lead[i] = (s, Some(b));
+                    }
+                }
+            }
+        }
+    });
+    for (_, b) in lead.iter() {
+        let b = (*b)?;
+        if !ctx.candidate(b) {
+            continue;
+        }
+        if cap.class(b, b.connections(), scope, spec, ctx) == Class::Unloaded {
+            return Some(b);
+        }
+        // A loaded leader: an unloaded one further down may exist; rank the group fully.
+        break;
+    }
+    if count <= LEADERS
+        && lead
+            .iter()
+            .all(|(_, b)| b.is_none_or(|b| !ctx.candidate(b)))
+    {
+        // Every member was looked at and none is a candidate.
+        return None;
+    }
+    // Full ranking of the group by (class, score).
+    let mut best: Option<Best<'s>> = None;
+    scope.for_each_app(|app| {
+        for bucket in app.buckets_of_group(g) {
+            for list in spec.lists(bucket) {
+                let Some(run) = list.run(g as u32) else {
+                    continue;
+                };
+                for &i in &list.members[run.start as usize..run.end as usize] {
+                    let b = &bucket.backends()[i as usize];
+                    if !ctx.candidate(b) {
+                        continue;
+                    }
+                    let class = cap.class(b, b.connections(), scope, spec, ctx);
+                    let rank = (class, 0.0, score(key, b.key, b.weight), b.key);
+                    if better(rank, &best) {
+                        best = Some(Best { rank, backend: b });
+                    }
+                }
+            }
+        }
+    });
+    best.filter(|b| b.rank.0 == Class::Unloaded)
+        .map(|b| b.backend)
+}
+
 /// The best candidate of one tier, if it has any. See the module docs.
 fn best_in<'s, F: Fn(&Backend) -> bool>(
     scope: Scope<'s>,
@@ -456,7 +570,7 @@ fn best_in<'s, F: Fn(&Backend) -> bool>(
     // the groups' weights are summed first.
     let direct = matches!(scope, Scope::App(app) if app.buckets().len() <= GROUPS)
         && matches!(spec, Spec::Country(_) | Spec::Region(_));
-    let mut w = [0u64; GROUPS];
+    let mut table = None;
     if direct {
         let mut members = 0;
         scope.for_each_app(|app| {
@@ -473,6 +587,7 @@ fn best_in<'s, F: Fn(&Backend) -> bool>(
             return None;
         }
     } else {
+        let mut w = [0u64; GROUPS];
         if group_weights(scope, spec, &mut w) == 0 {
             return None;
         }
@@ -481,39 +596,14 @@ fn best_in<'s, F: Fn(&Backend) -> bool>(
                 offer(g, weight);
             }
         }
+        table = Some(w);
     }
     let mut cap = Cap::new();
-    // Fast path: the first of the best groups with an unloaded candidate (one pass over the
-    // scope's apps for all of them).
-    let mut bests: [Option<Best<'s>>; FAST_GROUPS] = [None; FAST_GROUPS];
-    scope.for_each_app(|app| {
-        for (t, &(gs, g)) in top.iter().enumerate() {
-            if g == usize::MAX {
-                break;
-            }
-            for bucket in app.buckets_of_group(g) {
-                for list in spec.lists(bucket) {
-                    let Some(run) = list.run(g as u32) else {
-                        continue;
-                    };
-                    for &i in &list.members[run.start as usize..run.end as usize] {
-                        let b = &bucket.backends()[i as usize];
-                        if !ctx.candidate(b) {
-                            continue;
-                        }
-                        let load = b.connections();
-                        let class = cap.class(b, load, scope, spec, ctx);
-                        let rank = (class, gs, score(key, b.key, b.weight), b.key);
-                        if better(rank, &bests[t]) {
-                            bests[t] = Some(Best { rank, backend: b });
-                        }
-                    }
-                }
-            }
+    // Fast path: the first of the best groups with an unloaded candidate.
+    for &(_, g) in top.iter().filter(|t| t.1 != usize::MAX) {
+        if let Some(b) = best_in_group(scope, spec, g, ctx, &mut cap) {
+            return Some(b);
         }
-    });
-    if let Some(b) = bests.iter().flatten().find(|b| b.rank.0 == Class::Unloaded) {
-        return Some(b.backend);
     }
     // Slow path: every candidate of the tier, in (class, group, member) order.
     let mut best: Option<Best<'s>> = None;
@@ -521,10 +611,9 @@ fn best_in<'s, F: Fn(&Backend) -> bool>(
         for bucket in app.buckets() {
             for list in spec.lists(bucket) {
                 for run in list.runs.iter() {
-                    let weight = if direct {
-                        run.weight
-                    } else {
-                        w[run.group as usize]
+                    let weight = match &table {
+                        Some(w) => w[run.group as usize],
+                        None => run.weight,
                     };
                     let gs = group_score(key, run.group as usize, weight);
                     for &i in &list.members[run.start as usize..run.end as usize] {
@@ -595,10 +684,8 @@ pub fn pick_with<'s>(
         exclude,
         keep: &keep,
     };
-    let (tiers, n) = tiers(client, policy);
-    tiers[..n]
-        .iter()
-        .find_map(|&(tier, spec)| best_in(scope, spec, &ctx).map(|b| (b, tier)))
+    Tiers::new(client, policy)
+        .find_map(|(tier, spec)| best_in(scope, spec, &ctx).map(|b| (b, tier)))
 }
 
 /// One backend of a decision, as [`explain`] sees it.
@@ -649,8 +736,8 @@ pub fn explain<'s>(
         exclude: &[],
         keep: &keep,
     };
-    let (tiers, n) = tiers(client, policy);
-    let tiers = &tiers[..n];
+    let tiers: Vec<(Tier, Spec<'_>)> = Tiers::new(client, policy).collect();
+    let n = tiers.len();
     let chosen_tier = chosen.map(|(_, t)| t);
     let mut out = Vec::new();
     let mut caps: Vec<Cap> = tiers.iter().map(|_| Cap::new()).collect();

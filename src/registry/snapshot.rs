@@ -53,6 +53,11 @@ pub struct MemberList {
     pub name: Box<str>,
     /// Indexes into the bucket's backends.
     pub members: Box<[u32]>,
+    /// The members' keys and weights, inline: a group's rendezvous race reads these
+    /// contiguous arrays, and touches a `Backend` (a cache miss each, in a large registry)
+    /// only for the winner.
+    pub keys: Box<[u64]>,
+    pub weights: Box<[u32]>,
     /// One run per group present, in group order.
     pub runs: Box<[Run]>,
 }
@@ -77,9 +82,16 @@ impl MemberList {
                 }),
             }
         }
+        let keys = members.iter().map(|&i| backends[i as usize].key).collect();
+        let weights = members
+            .iter()
+            .map(|&i| backends[i as usize].weight.max(1))
+            .collect();
         MemberList {
             name: name.into(),
             members: members.into_boxed_slice(),
+            keys,
+            weights,
             runs: runs.into_boxed_slice(),
         }
     }
