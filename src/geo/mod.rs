@@ -292,7 +292,8 @@ impl Geo {
         })
     }
 
-    /// The built-in vocabulary with `map` as the CIDR table (tests, benches).
+    /// The built-in vocabulary with `map` as the CIDR table (tests, benches; a map naming an
+    /// unknown region gives the default geography instead: use [`Geo::new`] to see the error).
     pub fn with_map(map: RegionMap) -> Geo {
         Geo::new(map, Regions::default(), None).unwrap_or_default()
     }
