@@ -575,19 +575,31 @@ fn best_in<'s, F: Fn(&Backend) -> bool>(
         && matches!(spec, Spec::Country(_) | Spec::Region(_));
     let mut table = None;
     if direct {
-        let mut members = 0;
+        // A tier of one group (a small app's region) needs no group race: scoring starts
+        // with the second run.
+        let mut first: Option<(usize, u64)> = None;
+        let mut runs = 0usize;
         scope.for_each_app(|app| {
             for bucket in app.buckets() {
                 for list in spec.lists(bucket) {
                     for run in list.runs.iter() {
-                        offer(run.group as usize, run.weight);
+                        runs += 1;
+                        match (runs, first) {
+                            (1, _) => first = Some((run.group as usize, run.weight)),
+                            (2, Some((g, w))) => {
+                                offer(g, w);
+                                offer(run.group as usize, run.weight);
+                            }
+                            _ => offer(run.group as usize, run.weight),
+                        }
                     }
-                    members += list.members.len();
                 }
             }
         });
-        if members == 0 {
-            return None;
+        match (runs, first) {
+            (0, _) => return None,
+            (1, Some((g, _))) => top[0] = (f64::INFINITY, g),
+            _ => {}
         }
     } else {
         let mut w = [0u64; GROUPS];
