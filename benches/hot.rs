@@ -8,8 +8,8 @@ use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion
 use edgeproxy::api::http::{self, Parsed};
 use edgeproxy::dns::responder::{respond, Exchange, Outcome, Transport, Zone};
 use edgeproxy::geo::RegionMap;
-use edgeproxy::registry::{BackendSpec, Registry, SnapshotCell};
-use edgeproxy::select::{pick, Client, Scope};
+use edgeproxy::registry::{AppGroup, Backend, BackendSpec, Registry, SnapshotCell};
+use edgeproxy::select::{pick, score, Client, Scope};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -149,14 +149,64 @@ fn bench_dns(c: &mut Criterion) {
     g.finish();
 }
 
+/// The selector before issue #5 (one level: every member of the tier scored), kept here as
+/// the obvious alternative the two-level rendezvous is measured against.
+fn flat_pick<'s>(
+    group: &'s AppGroup,
+    region: &str,
+    client: &Client<'_>,
+) -> Option<&'s Arc<Backend>> {
+    let mut best: Option<(f64, &Arc<Backend>)> = None;
+    for b in group.region(region) {
+        if !b.eligible(NOW_MS) {
+            continue;
+        }
+        let s = score(client.key, b.key, b.weight);
+        if best.is_none_or(|(bs, _)| s > bs) {
+            best = Some((s, b));
+        }
+    }
+    best.map(|(_, b)| b)
+}
+
 fn bench_pick(c: &mut Criterion) {
     let mut g = c.benchmark_group("select_pick");
-    for per_app in [1u32, 10, 100, 1000] {
+    // One app of N backends over 4 regions; the client's region (eu) holds N/4 of them.
+    for per_app in [1u32, 10, 100, 1000, 100_000] {
         let (_reg, cell) = registry(1, per_app);
         let snap = cell.load_full();
         let scope = Scope::of(&snap, Some("a0")).unwrap();
         let mut n = 0u32;
         g.bench_function(format!("app_of_{per_app}"), |b| {
+            b.iter(|| {
+                n = n.wrapping_add(1);
+                let client = Client::new(ip(n), Some("eu"));
+                pick(black_box(scope), &client, "sa", NOW_MS, &[]).map(|(b, _)| b.key)
+            })
+        });
+        if [10, 1000, 100_000].contains(&per_app) {
+            let group = snap.app("a0").unwrap();
+            g.bench_function(format!("flat_reference/app_of_{per_app}"), |b| {
+                b.iter(|| {
+                    n = n.wrapping_add(1);
+                    let client = Client::new(ip(n), Some("eu"));
+                    flat_pick(black_box(group), "eu", &client).map(|b| b.key)
+                })
+            });
+        }
+    }
+    // Under load: every backend has connections, so the bounded-load cap is computed.
+    for per_app in [10u32, 1000, 100_000] {
+        let (_reg, cell) = registry(1, per_app);
+        let snap = cell.load_full();
+        for (i, b) in snap.app("a0").unwrap().backends().enumerate() {
+            b.live
+                .shard_counter(0)
+                .store(1 + (i % 7) as u32, std::sync::atomic::Ordering::Relaxed);
+        }
+        let scope = Scope::of(&snap, Some("a0")).unwrap();
+        let mut n = 0u32;
+        g.bench_function(format!("loaded/app_of_{per_app}"), |b| {
             b.iter(|| {
                 n = n.wrapping_add(1);
                 let client = Client::new(ip(n), Some("eu"));

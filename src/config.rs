@@ -9,10 +9,11 @@
 //!
 //! Parsing and validation are here; nothing in this module touches a socket.
 
-use crate::geo::{CidrRegion, RegionMap};
+use crate::geo::{self, CidrRegion, Geo, RegionMap};
 use clap::Parser;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The DNS TTL, in seconds, of every answer when not configured.
@@ -334,10 +335,42 @@ pub struct Args {
     #[arg(long, env = "EDGEPROXY_REGION", default_value = "sa", value_parser = parse_region)]
     pub region: String,
 
-    /// Client subnet → region table: CIDR=REGION (repeatable; comma-separated in the variable).
-    /// Default: the overlay plan 10.50.1.0/24=sa, 10.50.2.0/24=us, 10.50.3.0/24=eu, 10.50.4.0/24=ap.
+    /// Client subnet → region table: CIDR=REGION[:CC] (repeatable; comma-separated in the
+    /// variable); REGION may be a POP code (gru, iad…). Default: the overlay plan 10.50.0.0/24=hub,
+    /// 10.50.1.0/24=sa, 10.50.2.0/24=us, 10.50.3.0/24=eu, 10.50.4.0/24=ap.
     #[arg(long = "region-map", env = "EDGEPROXY_REGION_MAP", value_delimiter = ',', value_parser = parse_region_map)]
     pub region_map: Vec<CidrRegion>,
+
+    /// A file of region map entries (CIDR=REGION[:CC], one per line, # comments), read at
+    /// startup; with --region-map, both are used.
+    #[arg(long, env = "EDGEPROXY_REGION_MAP_FILE")]
+    pub region_map_file: Option<std::path::PathBuf>,
+
+    /// A MaxMind GeoIP2/GeoLite2 Country (or City) database: the country, and so the region, of
+    /// public client addresses the region map does not cover. Read at startup.
+    #[arg(long, env = "EDGEPROXY_GEOIP_DB")]
+    pub geoip_db: Option<std::path::PathBuf>,
+
+    /// Region distances, A-B=N, added to or overriding the built-in ones (sa-us=120,
+    /// sa-eu=190, sa-ap=300, us-eu=80, us-ap=150, eu-ap=200); a region named here becomes a known
+    /// region. Clients fall back to other regions nearest first.
+    #[arg(long, env = "EDGEPROXY_REGION_DISTANCES", value_delimiter = ',', value_parser = geo::parse_distance)]
+    pub region_distances: Vec<(String, String, u32)>,
+
+    /// Finer region codes, CODE=REGION[:CC] (e.g. gru=sa:BR), added to or overriding the
+    /// built-in POP codes. Registrations and the region map may use them.
+    #[arg(long = "region-alias", env = "EDGEPROXY_REGION_ALIASES", value_delimiter = ',', value_parser = geo::parse_alias)]
+    pub region_aliases: Vec<(String, String, Option<geo::Country>)>,
+
+    /// Country → region for GeoIP answers, CC=REGION (e.g. MX=us), overriding the built-in table.
+    #[arg(long = "country-region", env = "EDGEPROXY_COUNTRY_REGIONS", value_delimiter = ',', value_parser = geo::parse_country_region)]
+    pub country_regions: Vec<(geo::Country, String)>,
+
+    /// Bounded-load factor: a backend whose connections reach this many times its weighted share
+    /// of its tier's load is skipped for the next in rank (HAProxy's hash-balance-factor / 100).
+    /// 0 = off; otherwise at least 1.
+    #[arg(long, env = "EDGEPROXY_BALANCE_FACTOR", default_value_t = crate::select::DEFAULT_BALANCE_FACTOR)]
+    pub balance_factor: f64,
 
     /// Seconds a backend stays live after its last heartbeat (per backend: `ttl_secs`; 0 = forever).
     #[arg(long, env = "EDGEPROXY_HEARTBEAT_TTL_SECS", default_value_t = 60)]
@@ -549,8 +582,14 @@ pub struct Config {
     pub dns_max_udp_size: u16,
     pub dns_ecs: bool,
     pub dns_pop_addr: Option<IpAddr>,
+    /// The hub's region (resolved: `--region gru` is `sa`).
     pub region: String,
+    /// The CIDR table (resolved), also inside `geo`.
     pub region_map: RegionMap,
+    /// Client geography: CIDR table, region vocabulary, GeoIP database.
+    pub geo: Arc<Geo>,
+    /// `--balance-factor` (0 = off).
+    pub balance_factor: f64,
     pub heartbeat_ttl_secs: u64,
     pub expiry_grace_secs: u64,
     pub connect_timeout: Duration,
@@ -652,11 +691,46 @@ impl Config {
         {
             return Err(ConfigError("connection limits must be at least 1".into()));
         }
-        let region_map = if args.region_map.is_empty() {
+        let mut map_entries = Vec::new();
+        if let Some(path) = &args.region_map_file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                ConfigError(format!(
+                    "cannot read --region-map-file {}: {e}",
+                    path.display()
+                ))
+            })?;
+            map_entries = RegionMap::parse_file(&text, &path.display().to_string())
+                .map_err(|e| ConfigError(e.0))?;
+        }
+        map_entries.extend(args.region_map);
+        let region_map = if map_entries.is_empty() {
             RegionMap::overlay_default()
         } else {
-            RegionMap::new(args.region_map)
+            RegionMap::new(map_entries)
         };
+        let regions = geo::Regions::configure(
+            &args.region_distances,
+            &args.region_aliases,
+            &args.country_regions,
+        )
+        .map_err(ConfigError)?;
+        let hub_region = regions
+            .resolve(&args.region)
+            .map_err(|e| ConfigError(format!("--region: {e}")))?
+            .0
+            .to_string();
+        let geoip = match &args.geoip_db {
+            Some(path) => Some(geo::GeoIp::open(path).map_err(ConfigError)?),
+            None => None,
+        };
+        let geo = Arc::new(Geo::new(region_map, regions, geoip).map_err(|e| ConfigError(e.0))?);
+        let region_map = geo.region_map().clone();
+        let balance_factor = args.balance_factor;
+        if !(balance_factor == 0.0 || (1.0..=100.0).contains(&balance_factor)) {
+            return Err(ConfigError(format!(
+                "--balance-factor {balance_factor}: must be 0 (off) or from 1 to 100 (e.g. 1.25)"
+            )));
+        }
         let mut tokens = args.api_token.clone().unwrap_or_default();
         if let Some(path) = &args.api_token_file {
             let text = std::fs::read_to_string(path).map_err(|e| {
@@ -752,8 +826,10 @@ impl Config {
             dns_max_udp_size: args.dns_max_udp_size,
             dns_ecs: args.dns_ecs,
             dns_pop_addr: args.dns_pop_addr,
-            region: args.region,
+            region: hub_region,
             region_map,
+            geo,
+            balance_factor,
             heartbeat_ttl_secs: args.heartbeat_ttl_secs,
             expiry_grace_secs: args.expiry_grace_secs,
             connect_timeout: Duration::from_millis(args.connect_timeout_ms),
@@ -883,6 +959,39 @@ mod tests {
         assert!(parse(&["--route", "9000=a", "--route", "9000=b"]).is_err());
         assert!(parse(&["--route", "8080=a"]).is_err());
         assert!(parse(&["--region", "s"]).is_err());
+        assert!(parse(&["--region", "mars"])
+            .unwrap_err()
+            .contains("unknown region 'mars'"));
+        assert_eq!(parse(&["--region", "GRU"]).unwrap().region, "sa");
+        assert!(parse(&["--region-map", "10.0.0.0/8=mars"]).is_err());
+        assert!(parse(&["--region-map", "10.0.0.0/8=ue"])
+            .unwrap_err()
+            .contains("unknown region 'ue'"));
+        assert!(parse(&["--balance-factor", "0.5"]).is_err());
+        assert!(parse(&["--balance-factor", "NaN"]).is_err());
+        assert_eq!(
+            parse(&["--balance-factor", "0"]).unwrap().balance_factor,
+            0.0
+        );
+        let cfg = parse(&[
+            "--region-distances",
+            "us-af=90",
+            "--region=af",
+            "--region-map=10.9.0.0/16=af,10.8.0.0/16=fra",
+        ])
+        .unwrap();
+        assert_eq!(cfg.region, "af");
+        let loc = cfg.geo.locate("10.8.1.1".parse().unwrap());
+        assert_eq!(
+            (loc.region, loc.country.map(|c| c.to_string())),
+            (Some("eu"), Some("DE".into()))
+        );
+        assert!(parse(&["--geoip-db", "/nonexistent/geo.mmdb"])
+            .unwrap_err()
+            .contains("cannot read --geoip-db /nonexistent/geo.mmdb"));
+        assert!(parse(&["--region-map-file", "/nonexistent/map"])
+            .unwrap_err()
+            .contains("--region-map-file"));
         assert!(parse(&["--dns-domain", "bad domain"]).is_err());
         assert!(parse(&["--shards", "0"]).is_err());
         assert!(parse(&["--api-enabled", "maybe"]).is_err());

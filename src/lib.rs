@@ -12,8 +12,10 @@
 //! - [`clock`]: the coarse monotonic clock every shard and the registry agree on.
 //! - [`registry`]: `Backend`, the `Registry` (mutations, API shard only) and the `Snapshot`
 //!   (read by every shard, never mutated).
-//! - [`geo`]: client address → region, from the overlay's CIDR table.
-//! - [`select`]: choosing a backend for a client: pure, allocation-free.
+//! - [`geo`]: client address → region and country (the overlay's CIDR table, a GeoIP database),
+//!   and the region vocabulary (POP codes, countries, distances).
+//! - [`select`]: choosing a backend for a client (tiers, weighted rendezvous, bounded loads):
+//!   pure, allocation-free.
 //! - [`health`]: active checks and passive ejection (a pure state machine, and the checker on
 //!   the API shard that feeds it).
 //! - [`dns`]: the DNS responder (pure: query bytes + snapshot → answer bytes; the name forms

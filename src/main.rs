@@ -89,6 +89,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Client geography and the balance factor: read once here, immutable once shards run.
+    edgeproxy::geo::install(cfg.geo.clone());
+    edgeproxy::select::install_balance_factor(cfg.balance_factor);
+    if let Some(db) = cfg.geo.geoip() {
+        log::info!("GeoIP database: {}", db.description());
+    }
     for name in &cfg.ignored {
         log::warn!("{name} is an edgeProxy v0.4 setting that no longer applies; ignored");
     }

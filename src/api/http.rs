@@ -28,6 +28,8 @@ pub struct Request<'b> {
     pub method_str: &'b str,
     /// The path without the query string.
     pub path: &'b str,
+    /// The query string (after `?`, before any `#`; empty when none).
+    pub query: &'b str,
     pub content_type: Option<&'b str>,
     /// Whether the connection stays open after the answer.
     pub keep_alive: bool,
@@ -90,6 +92,11 @@ pub fn parse(buf: &[u8]) -> Parsed<'_> {
     let version = req.version.unwrap_or(1);
     let target = req.path.unwrap_or("/");
     let path = target.split(['?', '#']).next().unwrap_or("/");
+    let query = target
+        .split('#')
+        .next()
+        .and_then(|t| t.split_once('?'))
+        .map_or("", |(_, q)| q);
 
     let mut content_length: Option<usize> = None;
     let mut content_type = None;
@@ -147,6 +154,7 @@ pub fn parse(buf: &[u8]) -> Parsed<'_> {
             method,
             method_str,
             path,
+            query,
             content_type,
             keep_alive,
             has_length: content_length.is_some(),

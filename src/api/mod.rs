@@ -181,6 +181,7 @@ async fn connection(ctx: &ShardCtx, mut stream: TcpStream, control: &Control) ->
                         data_plane: Some(&ctx.all_metrics),
                         health: Some(&control.health),
                         tls: control.tls.is_some(),
+                        hub_region: &cfg.region,
                     };
                     let draining = crate::shutdown::draining();
                     let resp = match control.auth.check(&req) {

@@ -23,6 +23,8 @@ pub struct Env<'a> {
     pub health: Option<&'a crate::health::check::Stats>,
     /// Whether TLS is on (so `/api/v1/tls/reload` exists; its POST is served by the server).
     pub tls: bool,
+    /// The hub's region (for `/api/v1/route`).
+    pub hub_region: &'a str,
 }
 
 /// Reloads the TLS certificates: answered by [`crate::api`] itself, since it waits.
@@ -150,6 +152,107 @@ fn register(req: &Request<'_>, reg: &mut Registry, env: &Env<'_>) -> Response {
     )
 }
 
+/// Explains the choice for one client: `GET /api/v1/route?app=APP&client=IP`.
+pub const ROUTE: &str = "/api/v1/route";
+
+/// The value of `key` in a query string (`%XX` decoded for the characters IPv6 addresses and
+/// app names use; anything else is left as sent and then fails validation).
+fn query_param<'q>(query: &'q str, key: &str) -> Option<std::borrow::Cow<'q, str>> {
+    let raw = query
+        .split('&')
+        .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
+        .find(|(k, _)| *k == key)?
+        .1;
+    if !raw.contains('%') {
+        return Some(raw.into());
+    }
+    Some(
+        raw.replace("%3A", ":")
+            .replace("%3a", ":")
+            .replace("%2E", ".")
+            .replace("%2e", ".")
+            .into(),
+    )
+}
+
+/// `GET /api/v1/route?app=APP&client=IP`: the backend this hub gives that client for that app
+/// right now (as a TCP connection or DNS answer would), and every candidate with its tier, load,
+/// weight, score and why it was or was not chosen. 400 for a missing or bad parameter, 404 for
+/// an app with no backend.
+fn route(req: &Request<'_>, reg: &Registry, env: &Env<'_>) -> Response {
+    let Some(app) = query_param(req.query, "app").filter(|a| !a.is_empty()) else {
+        return Response::error(400, "missing query parameter 'app'", Some("app"));
+    };
+    let app = app.to_ascii_lowercase();
+    if !crate::names::is_dns_name(&app) {
+        return Response::error(400, "'app' must be DNS-safe labels", Some("app"));
+    }
+    let Some(client) = query_param(req.query, "client").filter(|c| !c.is_empty()) else {
+        return Response::error(
+            400,
+            "missing query parameter 'client' (an IP address)",
+            Some("client"),
+        );
+    };
+    let Ok(ip) = client.trim().parse::<std::net::IpAddr>() else {
+        return Response::error(
+            400,
+            &format!("'client' must be an IPv4 or IPv6 address, not '{client}'"),
+            Some("client"),
+        );
+    };
+    let snap = reg.snapshot();
+    let Some(group) = snap.app(&app) else {
+        return Response::json(
+            404,
+            json!({ "error": format!("no backend is registered for app '{app}'"), "field": "app", "app": app }),
+        );
+    };
+    let geo = crate::geo::current();
+    let loc = geo.locate(ip);
+    let client = crate::select::Client::at(ip, loc);
+    let policy = crate::select::Policy::current(env.hub_region);
+    let (chosen, candidates) = crate::select::explain(
+        crate::select::Scope::App(group),
+        &client,
+        &policy,
+        env.now_ms,
+    );
+    let list: Vec<Value> = candidates
+        .iter()
+        .map(|c| {
+            json!({
+                "id": c.backend.id,
+                "region": c.backend.region,
+                "country": c.backend.country,
+                "tier": c.tier.to_string(),
+                "load": c.load,
+                "weight": c.weight,
+                "score": if c.score.is_finite() { json!(c.score) } else { json!(null) },
+                "chosen": c.chosen,
+                "why": c.why,
+            })
+        })
+        .collect();
+    Response::json(
+        200,
+        json!({
+            "app": app,
+            "client": {
+                "ip": ip.to_string(),
+                "region": loc.region,
+                "country": loc.country.map(|c| c.to_string()),
+                "source": loc.source.as_str(),
+            },
+            "hub_region": env.hub_region,
+            "balance_factor": policy.balance_factor,
+            "chosen": chosen.map(|(b, _)| backend_json(b, env.now_ms)),
+            "tier": chosen.map(|(_, t)| t.to_string()),
+            "candidates": list,
+        }),
+    )
+}
+
 fn not_found(id: &str) -> Response {
     Response::json(
         404,
@@ -192,6 +295,10 @@ pub fn handle(req: &Request<'_>, reg: &mut Registry, env: &Env<'_>) -> Response 
         },
         // A POST with TLS on never gets here (see TLS_RELOAD).
         TLS_RELOAD if env.tls => Response::not_allowed(req.method_str, "POST"),
+        ROUTE => match req.method {
+            Method::Get => route(req, reg, env),
+            _ => Response::not_allowed(req.method_str, "GET"),
+        },
         "/api/v1/backends" => match req.method {
             Method::Get => {
                 let list: Vec<Value> = reg.iter().map(|b| backend_json(b, env.now_ms)).collect();
@@ -290,6 +397,7 @@ pub fn route_of(path: &str) -> &'static str {
         "/metrics" => "/metrics",
         "/api/v1/register" => "/api/v1/register",
         "/api/v1/backends" => "/api/v1/backends",
+        ROUTE => ROUTE,
         TLS_RELOAD => TLS_RELOAD,
         p if p.starts_with("/api/v1/heartbeat/") => "/api/v1/heartbeat/{id}",
         p if p.starts_with("/api/v1/backends/") && p.ends_with("/drain") => {
@@ -455,6 +563,7 @@ mod tests {
             data_plane: None,
             health: None,
             tls,
+            hub_region: "sa",
         };
         let r = handle(&req, reg, &env);
         let body = if r.content_type == "application/json" {
@@ -549,6 +658,63 @@ mod tests {
         );
         assert_eq!((s, b["field"].as_str()), (400, Some("ip")));
         assert!(!reg.is_dirty());
+    }
+
+    #[test]
+    fn route_explains_the_choice() {
+        let mut reg = registry();
+        run(&mut reg, &post("/api/v1/register", GRU));
+        let eu = r#"{"id":"pop-fra","app":"gru.pop","region":"fra","ip":"10.50.3.1","port":80}"#;
+        run(&mut reg, &post("/api/v1/register", eu));
+        reg.publish();
+        let get = |q: &str| format!("GET /api/v1/route{q} HTTP/1.1\r\n\r\n");
+        let (s, b, _) = run(&mut reg, &get("?app=gru.pop&client=10.50.3.7"));
+        assert_eq!(s, 200, "{b}");
+        assert_eq!(b["chosen"]["id"], "pop-fra");
+        assert_eq!(b["tier"], "region");
+        assert_eq!(b["client"]["region"], "eu");
+        let c = b["candidates"].as_array().unwrap();
+        assert_eq!(c.len(), 2);
+        assert_eq!(
+            (
+                c[0]["id"].as_str(),
+                c[0]["chosen"].as_bool(),
+                c[0]["why"].as_str()
+            ),
+            (Some("pop-fra"), Some(true), Some("chosen"))
+        );
+        assert_eq!(
+            (
+                c[1]["id"].as_str(),
+                c[1]["tier"].as_str(),
+                c[1]["why"].as_str()
+            ),
+            (Some("pop-gru"), Some("hub_region"), Some("lower tier"))
+        );
+        assert!(c[1]["score"].as_f64().is_some() && c[1]["weight"] == 1 && c[1]["load"] == 0);
+        // An IPv6 client, percent-encoded, from nowhere known: the hub's region (sa).
+        let (s, b, _) = run(&mut reg, &get("?client=2001%3adb8%3A%3A1&app=GRU.pop"));
+        assert_eq!(
+            (s, b["chosen"]["id"].as_str(), b["tier"].as_str()),
+            (200, Some("pop-gru"), Some("hub_region"))
+        );
+        for (q, field) in [
+            ("", "app"),
+            ("?app=", "app"),
+            ("?app=a_b&client=10.0.0.1", "app"),
+            ("?app=gru.pop", "client"),
+            ("?app=gru.pop&client=10.0.0", "client"),
+        ] {
+            let (s, b, _) = run(&mut reg, &get(q));
+            assert_eq!((s, b["field"].as_str()), (400, Some(field)), "{q}: {b}");
+        }
+        let (s, b, _) = run(&mut reg, &get("?app=nope&client=10.0.0.1"));
+        assert_eq!((s, b["field"].as_str()), (404, Some("app")));
+        let (s, _, allow) = run(
+            &mut reg,
+            "POST /api/v1/route HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+        );
+        assert_eq!((s, allow), (405, Some("GET")));
     }
 
     #[test]

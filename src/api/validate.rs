@@ -237,6 +237,12 @@ pub fn registration(body: &[u8]) -> Result<BackendSpec, Invalid> {
             "'region' must be a region code: 2-16 letters, digits or '-' (sa, us, eu, ap, gru...)",
         ));
     }
+    // A POP code becomes its region (and country, unless one is given); an unknown code is
+    // refused rather than guessed (see crate::geo::Regions).
+    let (region, implied_country) = match crate::geo::current().regions().resolve(&region) {
+        Ok((r, cc)) => (r.to_string(), cc),
+        Err(why) => return Err(invalid("region", why)),
+    };
     let ip: IpAddr = string(&obj, "ip")?
         .parse()
         .map_err(|_| invalid("ip", "'ip' must be an IPv4 or IPv6 address"))?;
@@ -255,7 +261,7 @@ pub fn registration(body: &[u8]) -> Result<BackendSpec, Invalid> {
         Some(_) => return Err(invalid("port", "'port' must be an integer")),
     };
     let country = match obj.get("country") {
-        None | Some(Value::Null) => None,
+        None | Some(Value::Null) => implied_country.map(|c| c.to_string()),
         Some(Value::String(c)) if names::is_country_code(c.trim()) => {
             Some(c.trim().to_ascii_uppercase())
         }
@@ -317,6 +323,27 @@ mod tests {
         assert_eq!(spec.port, 80);
         assert_eq!(spec.weight, 1);
         assert_eq!(spec.ttl_secs, None);
+    }
+
+    #[test]
+    fn pop_codes_become_their_region() {
+        let spec = registration(
+            br#"{"id":"pop-gru","app":"gru.pop","region":"GRU","ip":"10.50.1.1","port":80}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (spec.region.as_str(), spec.country.as_deref()),
+            ("sa", Some("BR"))
+        );
+        // A given country wins over the code's.
+        let spec = registration(
+            br#"{"id":"b","app":"a","region":"fra","ip":"10.50.3.1","port":80,"country":"nl"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (spec.region.as_str(), spec.country.as_deref()),
+            ("eu", Some("NL"))
+        );
     }
 
     #[test]
@@ -487,6 +514,9 @@ mod tests {
             err(&format!("{{{base},\"country\":\"BRA\"}}")).field,
             Some("country")
         );
+        let e = err(r#"{"id":"b","app":"a","region":"ue","ip":"10.0.0.1","port":80}"#);
+        assert_eq!(e.field, Some("region"));
+        assert!(e.message.contains("unknown region 'ue'"), "{}", e.message);
         assert_eq!(
             err(&format!("{{{base},\"ttl_secs\":-1}}")).field,
             Some("ttl_secs")

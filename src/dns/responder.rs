@@ -11,7 +11,7 @@
 //! | name | type | answer |
 //! |---|---|---|
 //! | `<app>` | A/AAAA | the best backend for this client ([`crate::select::pick`]) |
-//! | `<region>.<app>` | A/AAAA | every live backend of the app registered in that region (`sa`, or a finer code such as `gru`) |
+//! | `<region>.<app>` | A/AAAA | every live backend of the app in that region (`sa`); a POP code (`gru`) names its region's backends in its country (`BR`) |
 //! | `top<N>.nearest.of.<app>` | A/AAAA | the N best for this client, best first (N ≥ 1, at most [`MAX_NEAREST`]; more is capped) |
 //! | `_<app>._tcp` | SRV | every live backend: priority 0 in the client's region, 1 in the hub's, 2 elsewhere; weight = the backend's; its port; target `<id>.vm.<app>` with its address in the additional section |
 //! | `<id>.vm.<app>` | A/AAAA | that backend |
@@ -80,9 +80,9 @@ use super::wire::{
     TYPE_ANY, TYPE_AXFR, TYPE_IXFR, TYPE_NS, TYPE_OPT, TYPE_SOA, TYPE_SRV, TYPE_TXT,
 };
 use crate::config::Config;
-use crate::geo::RegionMap;
+use crate::geo::{Country, Geo, RegionMap};
 use crate::registry::{Backend, Snapshot};
-use crate::select::{pick, pick_where, Client, Scope};
+use crate::select::{pick_with, Client, Policy, Scope};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -109,7 +109,9 @@ pub struct Zone {
     /// The UDP payload size we advertise in OPT, and the most we send over UDP.
     max_udp_size: u16,
     hub_region: String,
-    region_map: RegionMap,
+    /// Who the asking client is (region map, GeoIP).
+    geo: Arc<Geo>,
+    balance_factor: f64,
     /// Whether a query's EDNS Client Subnet stands for the client.
     ecs: bool,
     /// This hub's address for `<region>.pops` (else the address the query arrived on).
@@ -140,7 +142,8 @@ impl Zone {
             ttl,
             max_udp_size,
             hub_region: hub_region.to_ascii_lowercase(),
-            region_map,
+            geo: Arc::new(Geo::with_map(region_map)),
+            balance_factor: crate::select::DEFAULT_BALANCE_FACTOR,
             ecs: true,
             pop_addr: None,
         }
@@ -159,15 +162,18 @@ impl Zone {
     }
 
     pub fn from_config(cfg: &Config) -> Zone {
-        Zone::new(
+        let mut zone = Zone::new(
             &cfg.dns_zone,
             cfg.dns_ttl_secs,
             cfg.dns_max_udp_size,
             &cfg.region,
-            cfg.region_map.clone(),
+            RegionMap::new(Vec::new()),
         )
         .with_ecs(cfg.dns_ecs)
-        .with_pop_addr(cfg.dns_pop_addr)
+        .with_pop_addr(cfg.dns_pop_addr);
+        zone.geo = cfg.geo.clone();
+        zone.balance_factor = cfg.balance_factor;
+        zone
     }
 
     pub fn max_udp_size(&self) -> u16 {
@@ -335,10 +341,32 @@ struct Ask<'z> {
 
 impl Ask<'_> {
     fn client(&self) -> Client<'_> {
-        Client::new(
-            self.client_ip,
-            self.zone.region_map.region_of(self.client_ip),
+        Client::at(self.client_ip, self.zone.geo.locate(self.client_ip))
+    }
+
+    /// The best live backend of `group` for this client among those `keep` accepts and not
+    /// in `exclude`, by the zone's routing policy.
+    fn pick<'s>(
+        &self,
+        group: &'s crate::registry::AppGroup,
+        exclude: &[u64],
+        keep: impl Fn(&Backend) -> bool,
+    ) -> Option<&'s Arc<Backend>> {
+        let policy = Policy {
+            hub_region: &self.zone.hub_region,
+            regions: self.zone.geo.regions(),
+            balance_factor: self.zone.balance_factor,
+        };
+        let client = self.client();
+        pick_with(
+            Scope::App(group),
+            &client,
+            &policy,
+            self.now(),
+            exclude,
+            keep,
         )
+        .map(|(b, _)| b)
     }
 
     fn now(&self) -> u64 {
@@ -455,20 +483,22 @@ fn answer(
         Form::Nearest { n, app } => (nearest(msg, &ask, app, n, text), true),
         Form::Srv(app) => (srv(msg, &ask, app, zone_at, text), true),
         Form::AppRegion { region, app } => {
+            let (region, country) = region_label(zone, region);
             let group = snap.app(app);
             let live = || {
                 group
                     .into_iter()
                     .flat_map(move |g| g.region(region))
-                    .filter(|b| b.eligible(ex.now_ms))
+                    .filter(|b| b.eligible(ex.now_ms) && in_country(b, country))
             };
             (address_set(msg, &ask, live, text), false)
         }
         Form::Backends(region) => {
+            let (region, country) = region_label(zone, region);
             let live = || {
                 snap.groups()
                     .flat_map(move |g| g.region(region))
-                    .filter(|b| b.eligible(ex.now_ms))
+                    .filter(|b| b.eligible(ex.now_ms) && in_country(b, country))
             };
             (address_set(msg, &ask, live, text), false)
         }
@@ -488,7 +518,7 @@ fn answer(
             (rcode, false)
         }
         Form::Pops(region) => {
-            let rcode = if region == zone.hub_region {
+            let rcode = if region_label(zone, region).0 == zone.hub_region {
                 match zone.pop_addr.or(ex.server) {
                     Some(ip) if ask.wants(ip) => {
                         address(msg, Section::Answer, owner, ttl, ip);
@@ -568,11 +598,7 @@ fn best(msg: &mut Message<'_>, ask: &Ask<'_>, app: &str) -> Rcode {
     let Some(group) = ask.snap.app(app) else {
         return ask.absent(msg, app);
     };
-    let (client, hub) = (ask.client(), ask.zone.hub_region.as_str());
-    let chosen = pick_where(Scope::App(group), &client, hub, ask.now(), &[], |b| {
-        ask.wants(b.ip)
-    });
-    if let Some((backend, _tier)) = chosen {
+    if let Some(backend) = ask.pick(group, &[], |b| ask.wants(b.ip)) {
         address(
             msg,
             Section::Answer,
@@ -584,7 +610,7 @@ fn best(msg: &mut Message<'_>, ask: &Ask<'_>, app: &str) -> Rcode {
     }
     // No live backend of that family (or not an address query): NODATA while the app has a
     // live backend at all, else it does not exist (as Consul).
-    match pick(Scope::App(group), &client, hub, ask.now(), &[]) {
+    match ask.pick(group, &[], |_| true) {
         Some(_) => ask.nodata(msg),
         None => ask.absent(msg, app),
     }
@@ -595,9 +621,7 @@ fn nearest(msg: &mut Message<'_>, ask: &Ask<'_>, app: &str, n: usize, name: &str
     let Some(group) = ask.snap.app(app) else {
         return ask.absent(msg, name);
     };
-    let client = ask.client();
-    let hub = ask.zone.hub_region.as_str();
-    if pick(Scope::App(group), &client, hub, ask.now(), &[]).is_none() {
+    if ask.pick(group, &[], |_| true).is_none() {
         return ask.absent(msg, name);
     }
     // N distinct addresses: backends sharing an address (ports apart) count once, at the cost
@@ -606,15 +630,9 @@ fn nearest(msg: &mut Message<'_>, ask: &Ask<'_>, app: &str, n: usize, name: &str
     let mut sent = [IpAddr::from([0u8; 4]); MAX_NEAREST];
     let (mut k, mut written) = (0, 0);
     while written < n.min(MAX_NEAREST) && k < tried.len() {
-        let next = pick_where(
-            Scope::App(group),
-            &client,
-            hub,
-            ask.now(),
-            &tried[..k],
-            |b| ask.wants(b.ip),
-        );
-        let Some((b, _)) = next else { break };
+        let Some(b) = ask.pick(group, &tried[..k], |b| ask.wants(b.ip)) else {
+            break;
+        };
         tried[k] = b.key;
         k += 1;
         if !sent[..written].contains(&b.ip) {
@@ -948,6 +966,22 @@ fn parse_name<'t>(text: &'t str, snap: &Snapshot) -> Form<'t> {
         "pops" => Form::Pops(first),
         _ => Form::Unknown,
     }
+}
+
+/// The region a name's region label stands for: a region, or a POP code standing for its
+/// region and country (`gru` → `sa`, `BR`: the backends registered as `gru`, which are stored
+/// as `sa` with country `BR`). A code the vocabulary does not know is kept as it is (records
+/// restored or replicated with it still match).
+fn region_label<'z>(zone: &'z Zone, label: &'z str) -> (&'z str, Option<Country>) {
+    match zone.geo.regions().resolve(label) {
+        Ok((region, country)) => (region, country),
+        Err(_) => (label, None),
+    }
+}
+
+/// Whether `b` is in `country` (any country when `None`).
+fn in_country(b: &Backend, country: Option<Country>) -> bool {
+    country.is_none_or(|cc| b.country.as_deref() == Some(cc.as_str()))
 }
 
 /// The N of `top<N>`: a decimal number from 1 without leading zeros, capped at
@@ -1760,12 +1794,15 @@ mod tests {
             .iter()
             .map(|(id, app, region, ip)| spec(id, app, region, ip))
             .collect();
+        // As the API stores a backend registered with region `gru`: region sa, country BR.
+        let mut gru = spec("w-gru", "web", "gru", "10.9.1.3");
+        gru.country = Some("BR".into());
         let mut dup = spec("w-dup", "web", "sa", "10.9.1.1");
         dup.port = 81;
         specs.extend([
             spec("w-sa1", "web", "sa", "10.9.1.1"),
             spec("w-sa2", "web", "sa", "10.9.1.2"),
-            spec("w-gru", "web", "gru", "10.9.1.3"),
+            gru,
             spec("w-eu", "web", "eu", "10.9.3.1"),
             spec("w-v6", "web", "eu", "fd00::31"),
             dup,
@@ -1827,18 +1864,18 @@ mod tests {
         let sa = "10.50.1.9";
         assert_eq!(
             resolve(&cell, "sa.web.internal", TYPE_A, sa),
-            (OK, ip_list(&["10.9.1.1", "10.9.1.2"])),
-            "sorted, the shared address once"
+            (OK, ip_list(&["10.9.1.1", "10.9.1.2", "10.9.1.3"])),
+            "sorted, the shared address once; w-gru is in sa"
         );
         assert_eq!(
             resolve(&cell, "SA.Web.internal", TYPE_A, "10.50.3.3"),
-            (OK, ip_list(&["10.9.1.1", "10.9.1.2"])),
+            (OK, ip_list(&["10.9.1.1", "10.9.1.2", "10.9.1.3"])),
             "case-insensitive, the same for every client"
         );
         assert_eq!(
             resolve(&cell, "gru.web.internal", TYPE_A, sa),
             (OK, ip_list(&["10.9.1.3"])),
-            "a finer region code, as registered"
+            "a POP code: its region's backends registered with that code (country BR)"
         );
         assert_eq!(
             resolve(&cell, "eu.web.internal", TYPE_AAAA, sa),
@@ -1866,7 +1903,7 @@ mod tests {
             .store(true, Ordering::Relaxed);
         assert_eq!(
             resolve(&cell, "sa.web.internal", TYPE_A, sa),
-            (OK, ip_list(&["10.9.1.1"]))
+            (OK, ip_list(&["10.9.1.1", "10.9.1.3"]))
         );
         snap.find("w-gru")
             .unwrap()
@@ -1885,17 +1922,17 @@ mod tests {
             let (_, top1) = resolve(&cell, "top1.nearest.of.web.internal", TYPE_A, client);
             assert_eq!(top1, best, "top1 is the <app> answer");
             // The order is repeated picks, each excluding those before.
-            let map = zone().region_map;
-            let c = Client::new(
-                client.parse().unwrap(),
-                map.region_of(client.parse().unwrap()),
-            );
+            let z = zone();
+            let ip: IpAddr = client.parse().unwrap();
+            let c = Client::at(ip, z.geo.locate(ip));
             let group = snap.app("web").unwrap();
             let mut tried = Vec::new();
             let mut want: Vec<IpAddr> = Vec::new();
-            while let Some((b, _)) = pick_where(Scope::App(group), &c, "sa", 1_000, &tried, |b| {
-                b.ip.is_ipv4()
-            }) {
+            while let Some((b, _)) =
+                crate::select::pick_where(Scope::App(group), &c, "sa", 1_000, &tried, |b| {
+                    b.ip.is_ipv4()
+                })
+            {
                 tried.push(b.key);
                 if !want.contains(&b.ip) {
                     want.push(b.ip);
@@ -1909,11 +1946,11 @@ mod tests {
             let (_, capped) = resolve(&cell, "top999999.nearest.of.web.internal", TYPE_A, client);
             assert_eq!(capped, want, "a larger N is capped");
         }
-        // From sa the sa backends come first.
-        let (_, top2) = resolve(&cell, "top2.nearest.of.web.internal", TYPE_A, "10.50.1.9");
-        let mut sorted = top2.clone();
+        // From sa the sa backends (w-gru among them) come first.
+        let (_, top3) = resolve(&cell, "top3.nearest.of.web.internal", TYPE_A, "10.50.1.9");
+        let mut sorted = top3.clone();
         sorted.sort();
-        assert_eq!(sorted, ip_list(&["10.9.1.1", "10.9.1.2"]));
+        assert_eq!(sorted, ip_list(&["10.9.1.1", "10.9.1.2", "10.9.1.3"]));
         assert_eq!(
             resolve(
                 &cell,
@@ -1972,11 +2009,11 @@ mod tests {
         assert_eq!(
             srvs,
             vec![
+                (1, 1, 80, "w-gru.vm.web.internal".into()),
                 (1, 1, 80, "w-sa1.vm.web.internal".into()),
                 (1, 1, 80, "w-sa2.vm.web.internal".into()),
                 (1, 1, 81, "w-dup.vm.web.internal".into()),
                 (2, 1, 80, "w-eu.vm.web.internal".into()),
-                (2, 1, 80, "w-gru.vm.web.internal".into()),
                 (2, 1, 80, "w-v6.vm.web.internal".into()),
             ]
         );
@@ -1995,7 +2032,8 @@ mod tests {
                 "{name}"
             );
         }
-        // From sa: the sa backends are priority 0; from eu: eu 0, sa (the hub) 1, gru 2.
+        // From sa: the sa backends are priority 0; from eu: eu 0, sa (the hub, w-gru's
+        // region too) 1.
         let (_, out) = ask_with(
             &cell,
             &query("_web._tcp.internal", TYPE_SRV),
@@ -2007,7 +2045,7 @@ mod tests {
             let target = s.target.to_string();
             let want = match target.split('.').next().unwrap() {
                 "w-eu" | "w-v6" => 0,
-                "w-sa1" | "w-sa2" | "w-dup" => 1,
+                "w-sa1" | "w-sa2" | "w-dup" | "w-gru" => 1,
                 _ => 2,
             };
             assert_eq!(s.priority, want, "{target}");
@@ -2076,10 +2114,11 @@ mod tests {
             txt_of(&cell, "_apps.internal"),
             "cdg.pop,fra.pop,gru.pop,iad.pop,lax.pop,lhr.pop,nrt.pop,ord.pop,sin.pop,syd.pop,web"
         );
-        assert_eq!(txt_of(&cell, "regions.web.internal"), "eu,gru,sa");
+        // Regions are canonical: w-gru was registered as `gru`, which is `sa`.
+        assert_eq!(txt_of(&cell, "regions.web.internal"), "eu,sa");
         assert_eq!(
             txt_of(&cell, "VMS.web.internal"),
-            "w-dup sa,w-eu eu,w-gru gru,w-sa1 sa,w-sa2 sa,w-v6 eu"
+            "w-dup sa,w-eu eu,w-gru sa,w-sa1 sa,w-sa2 sa,w-v6 eu"
         );
         assert_eq!(txt_of(&cell, "vms.gru.pop.internal"), "pop-gru sa");
         // Only live backends count.
@@ -2182,7 +2221,10 @@ mod tests {
         let c = "10.50.1.9";
         assert_eq!(
             resolve(&cell, "sa.backends.internal", TYPE_A, c),
-            (OK, ip_list(&["10.9.1.1", "10.9.1.2", "10.50.1.1"]))
+            (
+                OK,
+                ip_list(&["10.9.1.1", "10.9.1.2", "10.9.1.3", "10.50.1.1"])
+            )
         );
         assert_eq!(
             resolve(&cell, "eu.backends.internal", TYPE_ANY, c),

@@ -4,13 +4,16 @@
 //! open forwarded connections at `--max-connections` by not accepting while at the cap (the
 //! kernel backlog holds the rest). Each connection:
 //!
-//! 1. chooses a backend with [`crate::select::pick_where`] from the snapshot current at that moment
-//!    (held only for the decision, never across an await);
-//! 2. connects within `--connect-timeout-ms`; on failure picks again without the backends
-//!    already tried, up to `--connect-tries` backends; with none left the client is closed;
-//!    Each failed connect is counted in the backend's slot for this shard and reported to the
-//!    API shard, which ejects a backend that keeps failing ([`crate::health`]);
-//! 3. counts itself in the backend's live-connection slot for this shard while it lasts;
+//! 1. chooses a backend with [`crate::select::pick_with`] from the snapshot current at that
+//!    moment (held only for the decision, never across an await), and takes a slot of its hard
+//!    limit if it has one ([`Backend::try_reserve`]; a full one is skipped for the next pick);
+//!    the decision is logged at debug level;
+//! 2. connects within `--connect-timeout-ms`; on failure gives the slot back and picks again
+//!    without the backends already tried, up to `--connect-tries` backends; with none left the
+//!    client is closed. Each failed connect is counted in the backend's slot for this shard and
+//!    reported to the API shard, which ejects a backend that keeps failing ([`crate::health`]);
+//! 3. counts itself in the backend's live-connection slot for this shard while it lasts, and
+//!    keeps its hard-limit slot until it closes;
 //! 4. forwards both ways ([`forward`]), by `splice(2)` or by copying (`--splice`).
 //!
 //! Never blocks, never locks, never allocates per forwarded chunk.
@@ -23,8 +26,8 @@ pub mod splice;
 #[cfg(test)]
 mod tests;
 
-use crate::registry::Backend;
-use crate::select::{pick_where, Client, Scope};
+use crate::registry::{Backend, Reserved};
+use crate::select::{pick_with, Client, Policy, Scope};
 use crate::shard::ShardCtx;
 use glommio::net::{TcpListener, TcpStream};
 use glommio::sync::Semaphore;
@@ -167,19 +170,40 @@ impl Drop for ActiveGuard<'_> {
     }
 }
 
+/// A slot of a backend's hard limit, given back when dropped (connect failed, or the
+/// connection closed).
+struct Slot {
+    backend: Arc<Backend>,
+    held: bool,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if self.held {
+            self.backend.release();
+        }
+    }
+}
+
 /// One live connection to a backend, counted in its slot for this shard until dropped.
 pub struct LiveConnection {
     backend: Arc<Backend>,
     shard: usize,
+    _slot: Slot,
 }
 
 impl LiveConnection {
-    fn new(backend: Arc<Backend>, shard: usize) -> Self {
+    fn new(slot: Slot, shard: usize) -> Self {
+        let backend = slot.backend.clone();
         backend
             .live
             .shard_counter(shard)
             .fetch_add(1, Ordering::Relaxed);
-        LiveConnection { backend, shard }
+        LiveConnection {
+            backend,
+            shard,
+            _slot: slot,
+        }
     }
 
     fn counter(&self) -> &AtomicU32 {
@@ -208,30 +232,72 @@ pub async fn connect_backend(
 ) -> Option<(TcpStream, LiveConnection)> {
     let cfg = &ctx.cfg;
     let tries = (cfg.connect_tries as usize).clamp(1, MAX_TRIES);
-    // Backends already tried, by key (the snapshot may change between attempts).
+    let policy = Policy {
+        hub_region: &cfg.region,
+        regions: cfg.geo.regions(),
+        balance_factor: cfg.balance_factor,
+    };
+    let loc = cfg.geo.locate(client_ip);
+    let client = Client::at(client_ip, loc);
+    // Backends already tried (connect failed, or hard limit full), by key: the snapshot may
+    // change between attempts.
     let mut tried_keys = [0u64; MAX_TRIES];
-    for tried in 0..tries {
-        let backend = {
+    let mut tried = 0;
+    let mut connects = 0;
+    while connects < tries && tried < MAX_TRIES {
+        let (slot, tier) = {
             let snap = ctx.cell.load();
             let scope = Scope::of(&snap, app)?;
-            let region = cfg.region_map.region_of(client_ip);
-            let client = Client::new(client_ip, region);
-            let (backend, _tier) = pick_where(
+            let (backend, tier) = pick_with(
                 scope,
                 &client,
-                &cfg.region,
+                &policy,
                 crate::clock::now_ms(),
                 &tried_keys[..tried],
                 |b| alpn.is_none_or(|p| b.speaks(p)),
             )?;
-            backend.clone()
+            tried_keys[tried] = backend.key;
+            tried += 1;
+            let held = match backend.try_reserve() {
+                Reserved::Slot => true,
+                Reserved::Unlimited => false,
+                Reserved::Full => {
+                    log::debug!(
+                        "shard {}: {client_ip}: backend {} is at its hard limit; picking again",
+                        ctx.id,
+                        backend.id
+                    );
+                    continue;
+                }
+            };
+            let slot = Slot {
+                backend: backend.clone(),
+                held,
+            };
+            (slot, tier)
         };
-        tried_keys[tried] = backend.key;
+        connects += 1;
+        let backend = &slot.backend;
+        log::debug!(
+            "shard {}: route {client_ip} (region {}, country {}, from {}) app {} -> {} \
+             ({}:{}, region {}) tier {tier} load {} weight {} try {connects}",
+            ctx.id,
+            loc.region.unwrap_or("-"),
+            loc.country.as_ref().map_or("-", |c| c.as_str()),
+            loc.source.as_str(),
+            app.unwrap_or("*"),
+            backend.id,
+            backend.ip,
+            backend.port,
+            backend.region,
+            backend.connections(),
+            backend.weight,
+        );
         let addr = SocketAddr::new(backend.ip, backend.port);
         match TcpStream::connect_timeout(addr, cfg.connect_timeout).await {
             Ok(stream) => {
-                backend.live.connect_succeeded(ctx.id);
-                let live = LiveConnection::new(backend, ctx.id);
+                slot.backend.live.connect_succeeded(ctx.id);
+                let live = LiveConnection::new(slot, ctx.id);
                 return Some((stream, live));
             }
             Err(e) => {
@@ -241,7 +307,7 @@ pub async fn connect_backend(
                 log::debug!(
                     "shard {}: backend {} ({addr}) failed: {e}; trying another",
                     ctx.id,
-                    backend.id
+                    slot.backend.id
                 );
             }
         }

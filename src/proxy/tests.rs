@@ -76,6 +76,21 @@ impl Env {
         reg.publish();
     }
 
+    fn set_hard_limit(&self, id: &str, limit: u32) {
+        let mut reg = self.registry.borrow_mut();
+        let mut spec = crate::registry::stored(reg.get(id).unwrap()).spec();
+        spec.hard_limit = Some(limit);
+        reg.register(spec, crate::clock::now_ms());
+        reg.publish();
+    }
+
+    fn reserved(&self, id: &str) -> u32 {
+        let snap = self.ctx.cell.load();
+        snap.find(id)
+            .map(|b| b.live.reserved.load(std::sync::atomic::Ordering::Relaxed))
+            .unwrap_or(0)
+    }
+
     fn connections(&self, id: &str) -> u32 {
         self.ctx
             .cell
@@ -448,6 +463,42 @@ fn live_counter_follows_open_connections() {
             until("the live count to drop", || env.connections("e") == 0).await;
         });
     }
+}
+
+#[test]
+fn hard_limits_hold_through_the_proxy_and_slots_come_back() {
+    run(|| async {
+        let env = Env::start(config(SpliceMode::Never));
+        // `lim` is in the hub's region, so it is every client's first choice until full.
+        env.register("lim", "web", "sa", echo_backend("l"));
+        env.set_hard_limit("lim", 2);
+        env.register("spill", "web", "us", echo_backend("s"));
+        let mut open = Vec::new();
+        let mut tags = String::new();
+        for _ in 0..5 {
+            let mut c = TcpStream::connect(env.proxy).await.unwrap();
+            let mut tag = [0u8; 1];
+            c.read_exact(&mut tag).await.unwrap();
+            tags.push(tag[0] as char);
+            open.push(c);
+        }
+        assert_eq!(tags.matches('l').count(), 2, "{tags}");
+        assert_eq!((env.connections("lim"), env.reserved("lim")), (2, 2));
+        open.clear();
+        until("the slots to come back", || env.reserved("lim") == 0).await;
+        until("the live count to drop", || env.connections("lim") == 0).await;
+        // A limited backend that refuses: each failed connect gives its slot back.
+        env.register("dead", "web", "sa", refused_port());
+        env.set_hard_limit("dead", 1);
+        for _ in 0..5 {
+            assert!(!echo_round_trip(env.proxy, 1).await.is_empty());
+        }
+        assert_eq!(env.reserved("dead"), 0);
+        until("the live count to drop", || {
+            env.connections("lim") == 0 && env.reserved("lim") == 0
+        })
+        .await;
+    });
 }
 
 #[test]

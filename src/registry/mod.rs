@@ -12,7 +12,7 @@
 
 mod snapshot;
 
-pub use snapshot::{AppGroup, Bucket, Snapshot, SnapshotCell};
+pub use snapshot::{group_of, AppGroup, Bucket, MemberList, Run, Snapshot, SnapshotCell, GROUPS};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -36,7 +36,8 @@ pub struct Backend {
     pub port: u16,
     /// Relative share of traffic within a tier, 1..=100.
     pub weight: u32,
-    /// Connections above which the backend is considered loaded (informational for now).
+    /// Connections at which the backend is loaded: it then ranks after every unloaded backend
+    /// of its tier (see [`crate::select`]).
     pub soft_limit: Option<u32>,
     /// Connections (over all shards) at which the backend takes no more new ones.
     pub hard_limit: Option<u32>,
@@ -73,13 +74,55 @@ impl Backend {
         self.alive(now_ms) && self.live.is_up()
     }
 
-    /// Whether one more connection would stay within the hard limit.
+    /// Whether one more connection would stay within the hard limit: counting connections
+    /// being opened (reserved, see [`Backend::try_reserve`]) as well as open ones.
     #[inline]
     pub fn has_capacity(&self) -> bool {
         match self.hard_limit {
-            Some(limit) => self.live.connections() < limit,
+            Some(limit) => {
+                self.live.reserved.load(Ordering::Relaxed) < limit
+                    && self.live.connections() < limit
+            }
             None => true,
         }
+    }
+
+    /// Takes one of the hard limit's slots before connecting, so that shards picking at the
+    /// same moment cannot together exceed it (a compare-and-swap on one counter per limited
+    /// backend). `false` at the limit. A backend without a hard limit reserves nothing (no
+    /// shared write on its hot path) and always succeeds. Give the slot back with
+    /// [`Backend::release`] when the connection fails or closes.
+    #[inline]
+    pub fn try_reserve(&self) -> Reserved {
+        let Some(limit) = self.hard_limit else {
+            return Reserved::Unlimited;
+        };
+        if self.live.connections() >= limit {
+            return Reserved::Full;
+        }
+        let r = &self.live.reserved;
+        let mut cur = r.load(Ordering::Relaxed);
+        loop {
+            if cur >= limit {
+                return Reserved::Full;
+            }
+            match r.compare_exchange_weak(cur, cur + 1, Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => return Reserved::Slot,
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    /// Gives back a slot taken by [`Backend::try_reserve`] (`Reserved::Slot` only).
+    #[inline]
+    pub fn release(&self) {
+        self.live.reserved.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Whether the backend is at or above its soft limit (ranks after unloaded ones).
+    #[inline]
+    pub fn soft_loaded(&self, load: u32) -> bool {
+        self.soft_limit.is_some_and(|soft| load >= soft)
     }
 
     /// Whether the backend speaks the ALPN protocol `proto`. A backend that declared no list is
@@ -100,6 +143,18 @@ impl Backend {
             && !self.live.draining.load(Ordering::Relaxed)
             && self.has_capacity()
     }
+}
+
+/// What [`Backend::try_reserve`] got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub enum Reserved {
+    /// A slot of the hard limit: release it when done.
+    Slot,
+    /// No hard limit: nothing to release.
+    Unlimited,
+    /// At the hard limit.
+    Full,
 }
 
 /// The protocol of a backend that declares no `alpn`.
@@ -142,6 +197,10 @@ pub struct BackendLive {
     pub check_failures: AtomicU32,
     /// Ejections in the current series (API shard only), for display.
     pub ejections: AtomicU32,
+    /// Connections open or being opened to a backend with a hard limit, over every shard:
+    /// the one counter shards share, and only for limited backends (see
+    /// [`Backend::try_reserve`]).
+    pub reserved: AtomicU32,
     /// Per-shard counters, each written only by its shard.
     slots: Box<[ShardSlot]>,
 }
@@ -158,6 +217,7 @@ impl BackendLive {
             check_kind: AtomicU8::new(CheckKind::Tcp as u8),
             check_failures: AtomicU32::new(0),
             ejections: AtomicU32::new(0),
+            reserved: AtomicU32::new(0),
             slots: (0..shards.max(1)).map(|_| ShardSlot::default()).collect(),
         }
     }
@@ -433,6 +493,17 @@ impl AppMembers {
     }
 }
 
+/// `spec`'s region as selection knows it: lower-case, a POP code replaced by its region
+/// (`GRU` → `sa`). The API refuses unknown codes; records restored from disk or received from
+/// a peer keep theirs (lower-cased) rather than be dropped: such a backend is reached by its own
+/// region's clients and by the "any" tier.
+fn canonical_region(region: &str) -> String {
+    match crate::geo::current().regions().resolve(region) {
+        Ok((r, _)) => r.to_string(),
+        Err(_) => region.to_ascii_lowercase(),
+    }
+}
+
 /// The stored form of a backend.
 pub fn stored(b: &Backend) -> StoredBackend {
     StoredBackend {
@@ -560,7 +631,7 @@ impl Registry {
             key: stable_hash(spec.id.as_bytes()),
             id: spec.id,
             app: spec.app.to_ascii_lowercase(),
-            region: spec.region.to_ascii_lowercase(),
+            region: canonical_region(&spec.region),
             country: spec.country.map(|c| c.to_ascii_uppercase()),
             ip: spec.ip,
             port: spec.port,
@@ -712,6 +783,11 @@ impl Registry {
         }
     }
 
+    /// The last published snapshot (what every shard reads now).
+    pub fn snapshot(&self) -> &Arc<Snapshot> {
+        &self.current
+    }
+
     pub fn get(&self, id: &str) -> Option<&Arc<Backend>> {
         self.backends.get(id)
     }
@@ -855,6 +931,15 @@ mod tests {
         assert_eq!(second.connections(), 3);
         assert_eq!(second.registered_unix_ms, first.registered_unix_ms);
         assert_eq!(snap.len(), 1);
+    }
+
+    #[test]
+    fn restored_pop_codes_become_regions_and_unknown_codes_stay() {
+        let (mut reg, _cell) = registry();
+        reg.register(spec("a", "app", "GRU", "10.0.0.1"), 0);
+        reg.register(spec("b", "app", "Mars-1", "10.0.0.2"), 0);
+        assert_eq!(reg.get("a").unwrap().region, "sa");
+        assert_eq!(reg.get("b").unwrap().region, "mars-1");
     }
 
     #[test]

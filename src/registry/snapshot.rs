@@ -22,8 +22,89 @@ pub const APP_SHARDS: usize = 64;
 /// Backends per bucket an app aims for: it doubles its buckets when above twice this.
 pub const BUCKET_TARGET: usize = 128;
 
-/// One region's members of a bucket: (region code, indexes into the bucket's backends).
-pub type RegionMembers = (Box<str>, Box<[u32]>);
+/// Rendezvous groups per app: selection first ranks the groups a backend's key falls into
+/// (weighted by the group's members), then the members of the best group (see
+/// [`crate::select`]). Fixed, so a re-split of the storage buckets moves no client.
+pub const GROUPS: usize = 256;
+
+/// The rendezvous group of a backend key. The same bits as the storage bucket
+/// ([`AppGroup::buckets`]): with at most `GROUPS` buckets a group lies in one bucket, with
+/// more a bucket lies in one group.
+#[inline]
+pub fn group_of(key: u64) -> usize {
+    (key >> 32) as usize & (GROUPS - 1)
+}
+
+/// The members of one group within a [`MemberList`].
+#[derive(Debug, Clone, Copy)]
+pub struct Run {
+    pub group: u32,
+    /// Range in [`MemberList::members`].
+    pub start: u32,
+    pub end: u32,
+    /// Sum of the members' weights.
+    pub weight: u64,
+}
+
+/// One region's (or one country's) members of a bucket, ordered by group, then id.
+#[derive(Debug)]
+pub struct MemberList {
+    /// Region code (lower-case) or country code (upper-case).
+    pub name: Box<str>,
+    /// Indexes into the bucket's backends.
+    pub members: Box<[u32]>,
+    /// The members' keys and weights, inline: a group's rendezvous race reads these
+    /// contiguous arrays, and touches a `Backend` (a cache miss each, in a large registry)
+    /// only for the winner.
+    pub keys: Box<[u64]>,
+    pub weights: Box<[u32]>,
+    /// One run per group present, in group order.
+    pub runs: Box<[Run]>,
+}
+
+impl MemberList {
+    fn build(name: &str, mut members: Vec<u32>, backends: &[Arc<Backend>]) -> MemberList {
+        members.sort_by_key(|&i| group_of(backends[i as usize].key));
+        let mut runs: Vec<Run> = Vec::new();
+        for (pos, &i) in members.iter().enumerate() {
+            let b = &backends[i as usize];
+            let g = group_of(b.key) as u32;
+            match runs.last_mut() {
+                Some(r) if r.group == g => {
+                    r.end += 1;
+                    r.weight += u64::from(b.weight.max(1));
+                }
+                _ => runs.push(Run {
+                    group: g,
+                    start: pos as u32,
+                    end: pos as u32 + 1,
+                    weight: u64::from(b.weight.max(1)),
+                }),
+            }
+        }
+        let keys = members.iter().map(|&i| backends[i as usize].key).collect();
+        let weights = members
+            .iter()
+            .map(|&i| backends[i as usize].weight.max(1))
+            .collect();
+        MemberList {
+            name: name.into(),
+            members: members.into_boxed_slice(),
+            keys,
+            weights,
+            runs: runs.into_boxed_slice(),
+        }
+    }
+
+    /// The run of group `g`, if it has members here.
+    #[inline]
+    pub fn run(&self, g: u32) -> Option<&Run> {
+        self.runs
+            .binary_search_by_key(&g, |r| r.group)
+            .ok()
+            .map(|i| &self.runs[i])
+    }
+}
 
 /// Part of an app's backends, immutable.
 #[derive(Debug, Default)]
@@ -31,28 +112,62 @@ pub struct Bucket {
     /// Members, in id order.
     backends: Box<[Arc<Backend>]>,
     /// Members per region (lower-case code), regions in name order.
-    regions: Box<[RegionMembers]>,
+    regions: Box<[MemberList]>,
+    /// Members per country (those that declared one), countries in code order.
+    countries: Box<[MemberList]>,
 }
 
 impl Bucket {
     /// A bucket of `backends` (in id order).
     pub fn build(backends: Vec<Arc<Backend>>) -> Bucket {
-        let mut regions: Vec<(Box<str>, Vec<u32>)> = Vec::new();
+        let mut regions: Vec<(&str, Vec<u32>)> = Vec::new();
+        let mut countries: Vec<(&str, Vec<u32>)> = Vec::new();
         for (i, b) in backends.iter().enumerate() {
             let region = b.region.as_str();
-            match regions.iter_mut().find(|(r, _)| &**r == region) {
+            match regions.iter_mut().find(|(r, _)| *r == region) {
                 Some((_, list)) => list.push(i as u32),
-                None => regions.push((region.into(), vec![i as u32])),
+                None => regions.push((region, vec![i as u32])),
+            }
+            if let Some(cc) = b.country.as_deref() {
+                match countries.iter_mut().find(|(c, _)| *c == cc) {
+                    Some((_, list)) => list.push(i as u32),
+                    None => countries.push((cc, vec![i as u32])),
+                }
             }
         }
-        regions.sort_by(|a, b| a.0.cmp(&b.0));
+        regions.sort_by(|a, b| a.0.cmp(b.0));
+        countries.sort_by(|a, b| a.0.cmp(b.0));
+        let regions = regions
+            .into_iter()
+            .map(|(r, list)| MemberList::build(r, list, &backends))
+            .collect();
+        let countries = countries
+            .into_iter()
+            .map(|(c, list)| MemberList::build(c, list, &backends))
+            .collect();
         Bucket {
             backends: backends.into_boxed_slice(),
-            regions: regions
-                .into_iter()
-                .map(|(r, list)| (r, list.into_boxed_slice()))
-                .collect(),
+            regions,
+            countries,
         }
+    }
+
+    /// Members, in id order.
+    #[inline]
+    pub fn backends(&self) -> &[Arc<Backend>] {
+        &self.backends
+    }
+
+    /// Member lists per region.
+    #[inline]
+    pub fn regions(&self) -> &[MemberList] {
+        &self.regions
+    }
+
+    /// Member lists per country.
+    #[inline]
+    pub fn countries(&self) -> &[MemberList] {
+        &self.countries
     }
 
     fn region<'a, 'r>(
@@ -61,8 +176,8 @@ impl Bucket {
     ) -> impl Iterator<Item = &'a Arc<Backend>> + use<'a, 'r> {
         self.regions
             .iter()
-            .find(|(r, _)| &**r == region)
-            .map(|(_, list)| &**list)
+            .find(|l| &*l.name == region)
+            .map(|l| &*l.members)
             .unwrap_or(&[])
             .iter()
             .map(move |&i| &self.backends[i as usize])
@@ -103,6 +218,22 @@ impl AppGroup {
         &self.buckets
     }
 
+    /// The buckets holding members of rendezvous group `g` (one when there are at most
+    /// [`GROUPS`] buckets; else every bucket of that group).
+    #[inline]
+    pub fn buckets_of_group(&self, g: usize) -> impl Iterator<Item = &Bucket> + '_ {
+        let n = self.buckets.len();
+        let (first, step) = if n <= GROUPS {
+            (g & (n.max(1) - 1), n.max(1))
+        } else {
+            (g, GROUPS)
+        };
+        self.buckets[first.min(n)..]
+            .iter()
+            .step_by(step)
+            .map(|b| &**b)
+    }
+
     /// Every member (bucket by bucket; within a bucket in id order).
     #[inline]
     pub fn backends(&self) -> impl Iterator<Item = &Arc<Backend>> + '_ {
@@ -137,7 +268,7 @@ impl AppGroup {
     pub fn region_names(&self) -> BTreeSet<&str> {
         self.buckets
             .iter()
-            .flat_map(|b| b.regions.iter().map(|(r, _)| &**r))
+            .flat_map(|b| b.regions.iter().map(|l| &*l.name))
             .collect()
     }
 }
