@@ -135,17 +135,6 @@ fn parse_bool(s: &str) -> Result<bool, String> {
     }
 }
 
-fn parse_region(s: &str) -> Result<String, String> {
-    let r = s.trim().to_ascii_lowercase();
-    if crate::names::is_region_code(&r) {
-        Ok(r)
-    } else {
-        Err(format!(
-            "'{s}' is not a region code (2-16 letters, digits or '-')"
-        ))
-    }
-}
-
 fn parse_zone(s: &str) -> Result<String, String> {
     let z = s.trim().trim_end_matches('.').to_ascii_lowercase();
     if crate::names::is_dns_name(&z) {
@@ -332,7 +321,7 @@ pub struct Args {
     pub dns_pop_addr: Option<IpAddr>,
 
     /// The hub's own region: second choice after the client's region.
-    #[arg(long, env = "EDGEPROXY_REGION", default_value = "sa", value_parser = parse_region)]
+    #[arg(long, env = "EDGEPROXY_REGION", default_value = "sa", value_parser = crate::geo::region_code)]
     pub region: String,
 
     /// Client subnet → region table: CIDR=REGION[:CC] (repeatable; comma-separated in the

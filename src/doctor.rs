@@ -261,18 +261,6 @@ fn read_sysctl(key: &str) -> io::Result<String> {
     std::fs::read_to_string(format!("/proc/sys/{}", key.replace('.', "/")))
 }
 
-fn getrlimit(resource: libc::__rlimit_resource_t) -> io::Result<(u64, u64)> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `lim` is a valid, writable rlimit for the duration of the call.
-    if unsafe { libc::getrlimit(resource, &mut lim) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok((lim.rlim_cur, lim.rlim_max))
-}
-
 fn limit_text(v: u64) -> String {
     if v == libc::RLIM_INFINITY {
         "unlimited".into()
@@ -499,11 +487,11 @@ pub fn examine(cfg: &Config) -> Vec<Finding> {
         // Unreachable in a released binary (a unit test parses the same text).
         Err(e) => out.push(finding(Status::Fail, "tuning file", e)),
     }
-    match getrlimit(libc::RLIMIT_NOFILE) {
+    match crate::sys::getrlimit(libc::RLIMIT_NOFILE) {
         Ok((soft, hard)) => out.push(judge_nofile(soft, hard, cfg.shards, cfg.max_connections)),
         Err(e) => out.push(finding(Status::Warn, "rlimit NOFILE", e.to_string())),
     }
-    match getrlimit(libc::RLIMIT_MEMLOCK) {
+    match crate::sys::getrlimit(libc::RLIMIT_MEMLOCK) {
         Ok((soft, _)) => out.push(judge_memlock(soft, cfg.shards)),
         Err(e) => out.push(finding(Status::Fail, "rlimit MEMLOCK", e.to_string())),
     }

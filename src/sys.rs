@@ -24,7 +24,7 @@ pub fn allowed_cpus() -> Vec<usize> {
 }
 
 /// The soft and hard limits of `resource`.
-fn getrlimit(resource: libc::__rlimit_resource_t) -> io::Result<(u64, u64)> {
+pub(crate) fn getrlimit(resource: libc::__rlimit_resource_t) -> io::Result<(u64, u64)> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,

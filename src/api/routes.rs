@@ -425,37 +425,27 @@ fn metrics(reg: &Registry, env: &Env<'_>) -> Response {
         "gauge",
     );
     t.sample("edgeproxy_snapshot_version", &[], reg.version() as f64);
-    t.family(
-        "edgeproxy_backend_connections",
+    per_backend(
+        &mut t,
+        reg,
+        ("edgeproxy_backend_connections", "gauge"),
         "Live forwarded connections per backend.",
-        "gauge",
+        |b| f64::from(b.connections()),
     );
-    for b in reg.iter() {
-        let labels = [
-            ("id", b.id.as_str()),
-            ("app", b.app.as_str()),
-            ("region", b.region.as_str()),
-        ];
-        t.sample(
-            "edgeproxy_backend_connections",
-            &labels,
-            f64::from(b.connections()),
-        );
-    }
-    t.family(
-        "edgeproxy_backend_up",
+    per_backend(
+        &mut t,
+        reg,
+        ("edgeproxy_backend_up", "gauge"),
         "1 while the backend is served (heartbeat current, health up, not draining).",
-        "gauge",
+        |b| {
+            let up = b.healthy(env.now_ms) && !b.live.draining.load(Ordering::Relaxed);
+            if up {
+                1.0
+            } else {
+                0.0
+            }
+        },
     );
-    for b in reg.iter() {
-        let labels = [
-            ("id", b.id.as_str()),
-            ("app", b.app.as_str()),
-            ("region", b.region.as_str()),
-        ];
-        let up = b.healthy(env.now_ms) && !b.live.draining.load(Ordering::Relaxed);
-        t.sample("edgeproxy_backend_up", &labels, if up { 1.0 } else { 0.0 });
-    }
     t.family(
         "edgeproxy_backend_health",
         "Health state per backend: 1 for the state it is in, 0 for the others.",
@@ -474,23 +464,13 @@ fn metrics(reg: &Registry, env: &Env<'_>) -> Response {
             t.sample("edgeproxy_backend_health", &labels, v);
         }
     }
-    t.family(
-        "edgeproxy_backend_connect_failures_total",
+    per_backend(
+        &mut t,
+        reg,
+        ("edgeproxy_backend_connect_failures_total", "counter"),
         "Failed proxy connects per backend (refused or timed out), over every shard.",
-        "counter",
+        |b| b.live.connect_failures() as f64,
     );
-    for b in reg.iter() {
-        let labels = [
-            ("id", b.id.as_str()),
-            ("app", b.app.as_str()),
-            ("region", b.region.as_str()),
-        ];
-        t.sample(
-            "edgeproxy_backend_connect_failures_total",
-            &labels,
-            b.live.connect_failures() as f64,
-        );
-    }
     if let Some(health) = env.health {
         health.render(&mut t);
     }
@@ -536,6 +516,25 @@ fn metrics(reg: &Registry, env: &Env<'_>) -> Response {
         content_type: "text/plain; version=0.0.4",
         allow: None,
         www_authenticate: false,
+    }
+}
+
+/// One sample per backend of metric family `(name, kind)`, labelled with id, app and region.
+fn per_backend(
+    t: &mut Text,
+    reg: &Registry,
+    (name, kind): (&str, &str),
+    help: &str,
+    value: impl Fn(&Backend) -> f64,
+) {
+    t.family(name, help, kind);
+    for b in reg.iter() {
+        let labels = [
+            ("id", b.id.as_str()),
+            ("app", b.app.as_str()),
+            ("region", b.region.as_str()),
+        ];
+        t.sample(name, &labels, value(b));
     }
 }
 

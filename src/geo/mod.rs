@@ -19,7 +19,7 @@ mod regions;
 pub(crate) mod testdb;
 
 pub use geoip::GeoIp;
-pub use regions::{parse_alias, parse_country_region, parse_distance, Regions};
+pub use regions::{parse_alias, parse_country_region, parse_distance, region_code, Regions};
 
 use std::fmt;
 use std::net::IpAddr;

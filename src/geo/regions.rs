@@ -225,7 +225,8 @@ impl Default for Regions {
     }
 }
 
-fn region_code(s: &str) -> Result<String, String> {
+/// A region code, lower-cased, or why it is not one (flags and tables alike).
+pub fn region_code(s: &str) -> Result<String, String> {
     let r = s.trim().to_ascii_lowercase();
     if crate::names::is_region_code(&r) {
         Ok(r)

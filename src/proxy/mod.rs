@@ -161,8 +161,9 @@ pub async fn serve(ctx: Rc<ShardCtx>, listener: TcpListener, serves: Serves) {
     }
 }
 
-/// Takes one off the shard's active-connection gauge when a client connection ends.
-struct ActiveGuard<'a>(&'a crate::metrics::Gauge);
+/// Takes one off the shard's active-connection gauge when a client connection ends (TCP and
+/// TLS alike; the accept loop counted it).
+pub(crate) struct ActiveGuard<'a>(pub(crate) &'a crate::metrics::Gauge);
 
 impl Drop for ActiveGuard<'_> {
     fn drop(&mut self) {

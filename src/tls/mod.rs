@@ -312,15 +312,6 @@ pub async fn serve(ctx: Rc<ShardCtx>, tls: Rc<ShardTls>, listener: TcpListener, 
     }
 }
 
-/// Takes one off the active gauge when a connection ends.
-struct ActiveGuard<'a>(&'a crate::metrics::Gauge);
-
-impl Drop for ActiveGuard<'_> {
-    fn drop(&mut self) {
-        self.0.add(-1);
-    }
-}
-
 /// Why a connection ended before its handshake did.
 enum Early {
     TimedOut,
@@ -375,7 +366,7 @@ async fn connection(
     listener_passthrough: bool,
 ) {
     let m = ctx.metrics();
-    let _active = ActiveGuard(&m.proxy_active);
+    let _active = crate::proxy::ActiveGuard(&m.proxy_active);
     let Ok(peer) = client.peer_addr() else {
         return;
     };
