@@ -118,6 +118,8 @@ def render_compare(c):
          "core (other builds on this machine): above ~5 % the figures of that row are disturbed "
          "(such runs were run again once and the quieter attempt kept; ⚠ marks rows still above 5 %); *edgebench wait* is the same for the generator on core 1. Note that `direct` puts the client and the backend on the same core (1), so for request/response and connection scenarios it is not an upper bound: there a proxy adds a core. `direct` is the "
          "client talking to the backend with no proxy: the physical limit. Ratios compare medians.", ""]
+    if m.get("note"):
+        L += [f"Note: {m['note']}", ""]
     for scen, (title, unit, cpu_unit) in SCEN.items():
         rows = agg.get(scen)
         if not rows:

@@ -547,3 +547,23 @@ fn at_the_connection_cap_new_clients_wait_in_the_backlog() {
         assert_eq!(env.connections("e"), 1);
     });
 }
+
+/// A pending accept polled again and again beside another future (as `until_drain` does with
+/// its 50 ms timer) must not pile up wakers: glommio's task reference count is 16 bits, and an
+/// idle listener's accept loop died after 32,767 polls (vendored glommio, patch 4).
+#[test]
+fn a_pending_accept_survives_being_polled_forty_thousand_times() {
+    run(|| async {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let spin = async {
+            for _ in 0..40_000 {
+                futures_lite::future::yield_now().await;
+            }
+        };
+        let accept = async {
+            let _ = listener.accept().await;
+            panic!("nobody connects");
+        };
+        futures_lite::future::or(accept, spin).await;
+    });
+}

@@ -308,7 +308,19 @@ impl Source {
                 return Poll::Ready(result);
             }
 
-            self.add_waiter_many(cx.waker().clone());
+            // edgeproxy patch: a future polled again while pending (e.g. beside a timer in a
+            // select) must not add one more clone of the same waker each time: the task's
+            // 16-bit reference count overflows after 32767 of them.
+            let known = self
+                .inner
+                .borrow()
+                .wakers
+                .waiters
+                .iter()
+                .any(|w| w.will_wake(cx.waker()));
+            if !known {
+                self.add_waiter_many(cx.waker().clone());
+            }
             Poll::Pending
         })
         .await
