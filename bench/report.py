@@ -234,8 +234,11 @@ def render_micro(mi):
           "it triggers. Only the changed app's group is rebuilt, so the cost grows with the size "
           "of that app, but the new snapshot's app table is rebuilt too, so it also grows with the "
           "number of apps (compare `one_change/N_apps_x1` across N). `full_build` is every app "
-          "dirty at once (a restore). `select_pick` and `dns_respond` on a large app grow "
-          "linearly with the app's backends (rendezvous scoring visits each).", ""]
+          "dirty at once (a restore). `select_pick/app_of_N` is the two-level rendezvous (256 "
+          "groups, then one group's members): it grows with N only through the group size, "
+          "while `flat_reference/app_of_N` (every backend scored, the selector before) grows "
+          "linearly; `loaded/*` has every backend carrying connections (the bounded-load cap "
+          "at work). `dns_respond/1_app_x1000` lists every address of a large app.", ""]
     return L
 
 
