@@ -10,6 +10,7 @@
 //!
 //! - [`config`]: command-line flags and `EDGEPROXY_*` variables, validated into a [`config::Config`].
 //! - [`clock`]: the coarse monotonic clock every shard and the registry agree on.
+//! - [`cluster`]: hubs sharing one registry: replication over 4002/udp.
 //! - [`registry`]: `Backend`, the `Registry` (mutations, API shard only) and the `Snapshot`
 //!   (read by every shard, never mutated).
 //! - [`geo`]: client address → region, from the overlay's CIDR table.
@@ -27,6 +28,7 @@
 
 pub mod api;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod dns;
 pub mod doctor;
