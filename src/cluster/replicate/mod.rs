@@ -51,6 +51,7 @@
 //! but for chunk reassembly, which is bounded in entries and time.
 
 mod hlc;
+pub mod hub;
 #[cfg(test)]
 mod sim;
 pub mod wire;

@@ -510,7 +510,7 @@ fn liveness_travels_in_summaries_not_per_heartbeat() {
 }
 
 #[test]
-fn tombstones_are_collected_after_the_horizon_and_not_resurrected() {
+fn tombstones_are_collected_after_the_horizon() {
     let cfg = Config {
         tombstone_horizon_ms: 60_000,
         ..cfg()
