@@ -295,7 +295,7 @@ mod tests {
         loop {
             let mut moved = false;
             for i in 0..hubs.len() {
-                while let Some(t) = hubs[i].rep.replica.poll_transmit() {
+                while let Some(t) = hubs[i].rep.replica.poll_transmit(now) {
                     let j = names
                         .iter()
                         .position(|n| NodeId::from_name(n) == t.to)
@@ -415,7 +415,7 @@ mod tests {
         let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
         b.rep
             .set_members(&[("hub-a".into(), addr), ("hub-b".into(), addr)], 0);
-        let t = b.rep.replica.poll_transmit().unwrap();
+        let t = b.rep.replica.poll_transmit(0).unwrap();
         assert!(a.rep.handle(0, "hub-c", 1, &t.payload).is_err());
         assert_eq!(a.rep.stats.spoofed, 1);
         assert!(a.rep.handle(0, "hub-b", 1, &t.payload).is_ok());

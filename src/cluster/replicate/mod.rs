@@ -234,6 +234,9 @@ pub struct Replica {
     next_gc: u64,
     /// Local changes to push again: (when, id).
     repush: VecDeque<(u64, String)>,
+    /// Bucket summaries owed to peers, produced one bucket at a time as the send queue
+    /// drains: answering a digest never costs more than one bucket's worth of work at once.
+    summaries: VecDeque<(NodeId, usize)>,
     /// Heartbeats taken here still to be sent: id → (when, summaries left).
     recent_beats: BTreeMap<String, (u64, u8)>,
     /// The latest heartbeat known per id, from here or elsewhere (our monotonic ms).
@@ -271,6 +274,7 @@ impl Replica {
             next_liveness: now + cfg.liveness_ms,
             next_gc: now + cfg.anti_entropy_ms * 10,
             repush: VecDeque::new(),
+            summaries: VecDeque::new(),
             recent_beats: BTreeMap::new(),
             last_beat: HashMap::new(),
             partials: HashMap::new(),
@@ -308,6 +312,7 @@ impl Replica {
 
     pub fn remove_peer(&mut self, peer: NodeId) {
         self.peers.remove(&peer);
+        self.summaries.retain(|(p, _)| *p != peer);
     }
 
     pub fn peers(&self) -> impl Iterator<Item = NodeId> + '_ {
@@ -358,7 +363,7 @@ impl Replica {
             tombstones: entries - self.live,
             root: self.root(),
             clock: self.clock.last(),
-            queued: self.queue.len(),
+            queued: self.queued(),
             peers: self
                 .peers
                 .iter()
@@ -495,16 +500,20 @@ impl Replica {
     }
 
     /// The next datagram to send, if any.
-    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+    pub fn poll_transmit(&mut self, now: u64) -> Option<Transmit> {
+        while self.queue.is_empty() {
+            let (peer, b) = self.summaries.pop_front()?;
+            self.send_summary(peer, b, now);
+        }
         let t = self.queue.pop_front()?;
         self.stats.sent += 1;
         self.stats.sent_bytes += t.payload.len() as u64;
         Some(t)
     }
 
-    /// Datagrams waiting in the send queue.
+    /// Datagrams waiting in the send queue (and bucket summaries still to produce).
     pub fn queued(&self) -> usize {
-        self.queue.len()
+        self.queue.len() + self.summaries.len()
     }
 
     /// When [`Replica::handle_timeout`] is next due.
@@ -702,7 +711,9 @@ impl Replica {
                     return Ok(());
                 }
                 for b in differ {
-                    self.send_summary(from, b, now);
+                    if !self.summaries.contains(&(from, b)) {
+                        self.summaries.push_back((from, b));
+                    }
                 }
                 if reply {
                     self.send_digest(from, false);

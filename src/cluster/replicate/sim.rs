@@ -175,7 +175,8 @@ impl Sim {
 
     /// Moves node `i`'s queued datagrams into the network.
     fn flush(&mut self, i: usize) {
-        while let Some(t) = self.nodes[i].replica.poll_transmit() {
+        let now = self.now;
+        while let Some(t) = self.nodes[i].replica.poll_transmit(now) {
             self.sent_bytes[i] += t.payload.len() as u64;
             let Some(&to) = self.index.get(&t.to) else {
                 continue;
@@ -637,6 +638,53 @@ fn figures() {
             lat[lat.len() / 2],
             lat[lat.len() - 1],
             at - healed
+        );
+    }
+}
+
+/// The longest synchronous step, for the "sync never delays registrations by more than a
+/// small bound" figure: `cargo test --release --lib replicate::sim::step_cost -- --ignored
+/// --nocapture`.
+#[test]
+#[ignore]
+fn step_cost() {
+    use std::time::Instant;
+    for n in [10_000usize, 100_000] {
+        let mut full = Replica::new(NodeId(1), 0, 1_700_000_000_000, cfg());
+        let value = Value::from(&[7u8; 250][..]);
+        for i in 0..n {
+            full.local_upsert(&format!("backend-{i}"), value.clone(), 0);
+        }
+        let mut empty = Replica::new(NodeId(2), 0, 1_700_000_000_000, cfg());
+        full.add_peer(NodeId(2), 0);
+        empty.add_peer(NodeId(1), 0);
+        // The empty node's digest differs in every bucket: the worst answer.
+        let digest = empty.poll_transmit(0).unwrap().payload;
+        while full.poll_transmit(0).is_some() {}
+        let t = Instant::now();
+        full.handle(1, &digest).unwrap();
+        let handle = t.elapsed();
+        let mut steps = Vec::new();
+        let mut biggest = 0;
+        loop {
+            let t = Instant::now();
+            let Some(d) = full.poll_transmit(1) else {
+                break;
+            };
+            steps.push(t.elapsed());
+            biggest = biggest.max(d.payload.len());
+        }
+        let out = steps.len();
+        steps.sort();
+        let worst = steps[steps.len() - 1];
+        let p99 = steps[steps.len() * 99 / 100];
+        let t = Instant::now();
+        for i in 0..1000 {
+            full.local_upsert(&format!("backend-{i}"), value.clone(), 2);
+        }
+        let upsert = t.elapsed() / 1000;
+        println!(
+            "{n} entries: answering an empty node's digest: handle {handle:?}, then {out} datagrams (largest {biggest} B), each poll_transmit p99 {p99:?}, worst {worst:?}; one local upsert {upsert:?}"
         );
     }
 }
