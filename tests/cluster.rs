@@ -308,3 +308,36 @@ fn on_by_default_off_on_request_and_v04_names() {
     assert!(off.gossip.is_none() && off.sync.is_none());
     assert_eq!(cluster(&off)["enabled"], false);
 }
+
+#[test]
+fn no_routable_address_is_a_startup_error() {
+    // In a network namespace of its own with only `lo`, a hub on 0.0.0.0 with no peers has no
+    // address to advertise: it must refuse to start, naming the setting.
+    let probe = std::process::Command::new("unshare")
+        .args(["--net", "true"])
+        .output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        eprintln!("skipped: cannot create a network namespace here");
+        return;
+    }
+    let out = std::process::Command::new("unshare")
+        .args(["--net", "--", env!("CARGO_BIN_EXE_edgeproxy")])
+        .args([
+            "--shards=1",
+            "--persist=false",
+            "--listen-addr=127.0.0.1:0",
+            "--api-listen-addr=127.0.0.1:0",
+            "--dns-listen-addr=127.0.0.1:0",
+            "--tls-listen-addr=127.0.0.1:0",
+            "--gossip-addr=0.0.0.0:0",
+            "--sync-addr=0.0.0.0:0",
+            "--node-id=lonely",
+        ])
+        .env_remove("EDGEPROXY_ADVERTISE_ADDR")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--advertise-addr"), "{err}");
+}
