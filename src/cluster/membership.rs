@@ -120,6 +120,8 @@ pub struct Membership {
     /// foca has at least one active member.
     active: bool,
     left: bool,
+    /// Bumped whenever a member comes up, goes down or rejoins.
+    changes: u64,
 }
 
 impl Membership {
@@ -134,7 +136,14 @@ impl Membership {
             outbox: VecDeque::new(),
             active: false,
             left: false,
+            changes: 0,
         }
+    }
+
+    /// A counter bumped whenever a member comes up, goes down or rejoins: registry sync
+    /// compares it with the last value it saw to notice a new peer (and start anti-entropy).
+    pub fn changes(&self) -> u64 {
+        self.changes
     }
 
     /// This hub's current identity.
@@ -309,6 +318,14 @@ impl Membership {
             self.timer_events.insert(self.timer_seq, timer);
         }
         while let Some(n) = self.rt.to_notify() {
+            if matches!(
+                n,
+                OwnedNotification::MemberUp(_)
+                    | OwnedNotification::MemberDown(_)
+                    | OwnedNotification::Rename(..)
+            ) {
+                self.changes += 1;
+            }
             match n {
                 OwnedNotification::MemberUp(node) => {
                     log::info!("cluster: {} ({}) is up", node.id, node.gossip);

@@ -9,7 +9,8 @@
 //!   `ctx.control.registry` (then `control.commit_and_publish()`), send its answers with
 //!   [`send`].
 //! - a periodic task (anti-entropy, retransmits) can be added beside [`serve`]'s loop, with
-//!   [`SyncCtx::peers`] for the live members' sync addresses and
+//!   [`SyncCtx::peers`] for the live members' sync addresses,
+//!   `ctx.state.membership.borrow().changes()` to notice a member joining or rejoining, and
 //!   [`ClusterState::sync_status`](super::ClusterState) for what `GET /api/v1/cluster` shows.
 //!
 //! Until then every datagram is authenticated, counted and otherwise ignored.
