@@ -10,7 +10,6 @@
 //!
 //! - [`config`]: command-line flags and `EDGEPROXY_*` variables, validated into a [`config::Config`].
 //! - [`clock`]: the coarse monotonic clock every shard and the registry agree on.
-//! - [`cluster`]: hubs sharing one registry: replication over 4002/udp.
 //! - [`registry`]: `Backend`, the `Registry` (mutations, API shard only) and the `Snapshot`
 //!   (read by every shard, never mutated).
 //! - [`geo`]: client address → region, from the overlay's CIDR table.
@@ -19,6 +18,8 @@
 //! - [`api`]: HTTP/1.1 request reader, routes and JSON for the registration API.
 //! - [`proxy`]: TCP forwarding (splice or copy) with connect retries.
 //! - [`tls`]: TLS on 8443: rustls termination, certificates by SNI, SNI routing, passthrough.
+//! - [`cluster`]: hubs that know each other: SWIM membership on 4001/udp, registry sync on
+//!   4002/udp, every datagram authenticated with the cluster key.
 //! - [`shard`]: spawning pinned executors, binding listeners on every shard, startup errors.
 //! - [`notify`]: systemd readiness and watchdog (`sd_notify`), off the shards.
 //! - [`doctor`]: `edgeproxy doctor`, the machine against `tuning/` and the configuration.

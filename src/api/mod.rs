@@ -41,6 +41,8 @@ pub struct Control {
     pub stats: routes::ApiStats,
     /// TLS, when on: for `POST /api/v1/tls/reload`.
     pub tls: Option<std::sync::Arc<crate::tls::TlsShared>>,
+    /// The cluster, when replication is on: for `GET /api/v1/cluster` and its metrics.
+    pub cluster: Option<Rc<crate::cluster::ClusterState>>,
 }
 
 impl Control {
@@ -54,7 +56,7 @@ impl Control {
     }
 
     /// Makes every change so far durable, then visible on every shard.
-    async fn commit_and_publish(&self) -> io::Result<()> {
+    pub async fn commit_and_publish(&self) -> io::Result<()> {
         let started = Instant::now();
         let changed = self.registry.borrow().is_dirty();
         self.persist_journal();
@@ -179,6 +181,7 @@ async fn connection(ctx: &ShardCtx, mut stream: TcpStream, control: &Control) ->
                         api: Some(&control.stats),
                         data_plane: Some(&ctx.all_metrics),
                         tls: control.tls.is_some(),
+                        cluster: control.cluster.as_deref(),
                     };
                     let draining = crate::shutdown::draining();
                     let resp = match control.auth.check(&req) {

@@ -21,6 +21,140 @@ pub struct Env<'a> {
     pub data_plane: Option<&'a Metrics>,
     /// Whether TLS is on (so `/api/v1/tls/reload` exists; its POST is served by the server).
     pub tls: bool,
+    /// The cluster, when replication is on.
+    pub cluster: Option<&'a crate::cluster::ClusterState>,
+}
+
+/// The cluster's members and sync status.
+pub const CLUSTER: &str = "/api/v1/cluster";
+
+/// `GET /api/v1/cluster`: this hub, every other hub it knows (state alive, suspect, down or
+/// left; incarnation; seconds since a datagram from it was last authenticated here) and the
+/// registry sync status.
+fn cluster(c: Option<&crate::cluster::ClusterState>) -> Response {
+    let Some(c) = c else {
+        return Response::json(
+            200,
+            json!({ "enabled": false, "members": [], "sync": null }),
+        );
+    };
+    let now = std::time::Instant::now();
+    let me = c.membership.borrow().me().clone();
+    let mut members: Vec<Value> = c
+        .members()
+        .into_iter()
+        .map(|m| {
+            json!({
+                "id": m.node.id,
+                "gossip_addr": m.node.gossip.to_string(),
+                "sync_addr": m.node.sync.to_string(),
+                "state": m.state.as_str(),
+                "incarnation": m.incarnation,
+                "boot_unix_ms": m.node.boot,
+                "last_seen_secs": crate::cluster::membership::age(now, m.last_seen)
+                    .map(|d| d.as_secs_f64()),
+            })
+        })
+        .collect();
+    members.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
+    let joined = c.membership.borrow().joined();
+    Response::json(
+        200,
+        json!({
+            "enabled": true,
+            "cluster": c.cluster_name,
+            "authenticated": c.keyed,
+            "joined": joined,
+            "node": {
+                "id": me.id,
+                "gossip_addr": me.gossip.to_string(),
+                "sync_addr": me.sync.to_string(),
+                "boot_unix_ms": me.boot,
+                "bump": me.bump,
+            },
+            "members": members,
+            "sync": &*c.sync_status.borrow(),
+        }),
+    )
+}
+
+fn cluster_metrics(t: &mut Text, c: &crate::cluster::ClusterState) {
+    use crate::cluster::auth::Drop;
+    use crate::cluster::membership::MemberState;
+    let ports = [("gossip", &c.gossip), ("sync", &c.sync)];
+    t.family(
+        "edgeproxy_cluster_datagrams_total",
+        "Cluster datagrams, by port and direction (in: received, before any check).",
+        "counter",
+    );
+    for (port, s) in ports {
+        t.sample(
+            "edgeproxy_cluster_datagrams_total",
+            &[("port", port), ("direction", "in")],
+            s.datagrams_in.get() as f64,
+        );
+        t.sample(
+            "edgeproxy_cluster_datagrams_total",
+            &[("port", port), ("direction", "out")],
+            s.datagrams_out.get() as f64,
+        );
+    }
+    t.family(
+        "edgeproxy_cluster_bytes_total",
+        "Cluster datagram bytes (UDP payload), by port and direction.",
+        "counter",
+    );
+    for (port, s) in ports {
+        t.sample(
+            "edgeproxy_cluster_bytes_total",
+            &[("port", port), ("direction", "in")],
+            s.bytes_in.get() as f64,
+        );
+        t.sample(
+            "edgeproxy_cluster_bytes_total",
+            &[("port", port), ("direction", "out")],
+            s.bytes_out.get() as f64,
+        );
+    }
+    t.family(
+        "edgeproxy_cluster_dropped_total",
+        "Cluster datagrams dropped, by port and reason (auth: wrong or no key, tampered; replay; wrong_cluster; malformed; own).",
+        "counter",
+    );
+    for (port, s) in ports {
+        for d in Drop::ALL {
+            t.sample(
+                "edgeproxy_cluster_dropped_total",
+                &[("port", port), ("reason", d.as_str())],
+                s.dropped[d.index()].get() as f64,
+            );
+        }
+    }
+    t.family(
+        "edgeproxy_cluster_send_errors_total",
+        "Cluster datagrams the kernel refused to send, by port.",
+        "counter",
+    );
+    for (port, s) in ports {
+        t.sample(
+            "edgeproxy_cluster_send_errors_total",
+            &[("port", port)],
+            s.send_errors.get() as f64,
+        );
+    }
+    t.family(
+        "edgeproxy_cluster_members",
+        "Other hubs known, by state.",
+        "gauge",
+    );
+    let counts = c.counts();
+    for (i, s) in MemberState::ALL.iter().enumerate() {
+        t.sample(
+            "edgeproxy_cluster_members",
+            &[("state", s.as_str())],
+            counts[i] as f64,
+        );
+    }
 }
 
 /// Reloads the TLS certificates: answered by [`crate::api`] itself, since it waits.
@@ -168,6 +302,10 @@ pub fn handle(req: &Request<'_>, reg: &mut Registry, env: &Env<'_>) -> Response 
             Method::Post => register(req, reg, env),
             _ => Response::not_allowed(req.method_str, "POST"),
         },
+        CLUSTER => match req.method {
+            Method::Get => cluster(env.cluster),
+            _ => Response::not_allowed(req.method_str, "GET"),
+        },
         // A POST with TLS on never gets here (see TLS_RELOAD).
         TLS_RELOAD if env.tls => Response::not_allowed(req.method_str, "POST"),
         "/api/v1/backends" => match req.method {
@@ -268,6 +406,7 @@ pub fn route_of(path: &str) -> &'static str {
         "/metrics" => "/metrics",
         "/api/v1/register" => "/api/v1/register",
         "/api/v1/backends" => "/api/v1/backends",
+        CLUSTER => CLUSTER,
         TLS_RELOAD => TLS_RELOAD,
         p if p.starts_with("/api/v1/heartbeat/") => "/api/v1/heartbeat/{id}",
         p if p.starts_with("/api/v1/backends/") && p.ends_with("/drain") => {
@@ -356,6 +495,9 @@ fn metrics(reg: &Registry, env: &Env<'_>) -> Response {
     if let Some(data) = env.data_plane {
         data.render(&mut t);
     }
+    if let Some(c) = env.cluster {
+        cluster_metrics(&mut t, c);
+    }
     t.family(
         "edgeproxy_uptime_seconds",
         "Seconds since the hub started.",
@@ -394,6 +536,7 @@ mod tests {
             api: None,
             data_plane: None,
             tls,
+            cluster: None,
         };
         let r = handle(&req, reg, &env);
         let body = if r.content_type == "application/json" {

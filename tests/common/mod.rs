@@ -33,6 +33,9 @@ pub struct Hub {
     pub passthrough: Vec<SocketAddr>,
     /// (address, app) of every `--route` listener.
     pub routes: Vec<(SocketAddr, String)>,
+    /// Cluster gossip and sync (udp); `None` when replication is off.
+    pub gossip: Option<SocketAddr>,
+    pub sync: Option<SocketAddr>,
     /// Log lines printed up to and including the `ready:` line.
     pub startup_log: Vec<String>,
     /// The temporary state directory this hub owns, removed on drop.
@@ -81,6 +84,15 @@ impl Hub {
         if !extra.iter().any(|a| a.starts_with("--shards=")) {
             cmd.arg("--shards=2");
         }
+        // Cluster ports from the OS too (never 4001/4002), unless the test picks them.
+        for (flag, default) in [
+            ("--gossip-addr=", "--gossip-addr=127.0.0.1:0"),
+            ("--sync-addr=", "--sync-addr=127.0.0.1:0"),
+        ] {
+            if !extra.iter().any(|a| a.starts_with(flag)) {
+                cmd.arg(default);
+            }
+        }
         cmd.args([
             "--listen-addr=127.0.0.1:0",
             "--api-listen-addr=127.0.0.1:0",
@@ -124,7 +136,12 @@ impl Hub {
                                 (a.parse().expect("route addr"), app.to_string())
                             })
                             .collect();
+                        let opt = |k: &str| -> Option<SocketAddr> {
+                            field(&line, k).and_then(|v| v.parse().ok())
+                        };
                         return Hub {
+                            gossip: opt("gossip="),
+                            sync: opt("sync="),
                             proxy: addr("proxy="),
                             api: addr("api="),
                             dns: addr("dns="),
