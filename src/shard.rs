@@ -491,6 +491,9 @@ pub fn start(cfg: Config) -> Result<Hub, StartError> {
                 r.backends.len(),
                 dir.display()
             );
+            if let Some(c) = cluster.as_mut() {
+                c.restored = r.backends.values().cloned().collect();
+            }
             registry.restore(
                 std::mem::take(&mut r.backends).into_values(),
                 crate::clock::now_ms(),
@@ -503,6 +506,10 @@ pub fn start(cfg: Config) -> Result<Hub, StartError> {
             None
         }
     };
+    if cluster.is_some() {
+        // Replication reads local changes from the journal, persisted or not.
+        registry.enable_journal();
+    }
     registry.publish();
     let mut registry = Some(registry);
     let started_unix_ms = crate::clock::unix_ms();
@@ -571,6 +578,8 @@ pub struct ClusterStart {
     sync_bound: SocketAddr,
     peers: Arc<arc_swap::ArcSwap<Vec<SocketAddr>>>,
     seed: u64,
+    /// The backends restored from disk, with their replication versions, for the replica.
+    restored: Vec<crate::store::StoredBackend>,
 }
 
 fn cluster_start(
@@ -608,6 +617,7 @@ fn cluster_start(
         gossip_bound,
         sync_bound,
         seed: u64::from_le_bytes(seed),
+        restored: Vec::new(),
     })
 }
 
@@ -753,6 +763,25 @@ async fn run_shard(
             tls: tls_for_api,
             cluster: cluster.clone(),
         });
+        if let (Some(state), Some(start), Some(c)) = (&cluster, &cluster_start, &ctx.cfg.cluster) {
+            let now = crate::clock::now_ms();
+            let wall_offset = crate::clock::unix_ms() as i64 - now as i64;
+            let replica_cfg = crate::cluster::replicate::Config {
+                max_payload: crate::cluster::sync::MAX_DATAGRAM
+                    - crate::cluster::auth::MAX_OVERHEAD,
+                ..Default::default()
+            };
+            let hub = crate::cluster::replicate::hub::Replication::new(
+                &c.node_id,
+                now,
+                wall_offset,
+                &start.restored,
+                replica_cfg,
+            );
+            let _ = state
+                .replication
+                .set(Rc::new(crate::cluster::sync::Replicating::new(hub)));
+        }
         if let (Some(state), Some(start), Some(c), Some(gossip), Some(sync)) = (
             cluster,
             cluster_start,

@@ -66,7 +66,8 @@ pub struct SyncStatus {
     pub replicating: bool,
     /// The local registry's replication version (e.g. the highest HLC), when replicating.
     pub version: Option<u64>,
-    /// Changes not yet acknowledged by every live peer.
+    /// Replication datagrams waiting to be sent (and bucket summaries still to produce).
+    /// There are no acknowledgements: anti-entropy, not retransmission, repairs losses.
     pub pending: u64,
     /// When the last anti-entropy round finished (Unix ms).
     pub last_anti_entropy_unix_ms: Option<u64>,
@@ -81,6 +82,8 @@ pub struct ClusterState {
     pub gossip: PortStats,
     pub sync: PortStats,
     pub sync_status: RefCell<SyncStatus>,
+    /// Registry replication, set once at startup by the API shard.
+    pub replication: std::cell::OnceCell<Rc<super::sync::Replicating>>,
     pub cluster_name: String,
     pub keyed: bool,
     /// The bound gossip and sync sockets' addresses (what we listen on).
@@ -111,6 +114,7 @@ impl ClusterState {
             gossip: PortStats::default(),
             sync: PortStats::default(),
             sync_status: RefCell::new(SyncStatus::default()),
+            replication: std::cell::OnceCell::new(),
             cluster_name: cfg.cluster_name.clone(),
             keyed: !cfg.keys.is_empty(),
             gossip_bound,

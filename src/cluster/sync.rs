@@ -1,30 +1,126 @@
-//! The sync port (4002/udp): registry replication between hubs.
+//! The sync port (4002/udp): registry replication between hubs, the thin driver around the
+//! pure [`Replica`](super::replicate::Replica) (through [`Replication`]).
 //!
-//! **Hook for the replication driver.** This module owns the socket loop and the envelope; the
-//! replication state machine (`cluster::replicate`, pure) plugs in at the two places marked
-//! `REPLICATE:` below:
+//! Three tasks, all in the cluster's task queue on the API shard (fewer shares than the API's
+//! and a looser latency bound, so sync work never holds up a registration; no step of the
+//! replica costs more than one bucket summary, see `replicate::sim::step_cost`):
 //!
-//! - [`on_datagram`]: an authenticated datagram from a member (sender node id, its boot epoch,
-//!   the plain payload). Feed it to the state machine and apply what it decides to
-//!   `ctx.control.registry` (then `control.commit_and_publish()`), send its answers with
-//!   [`send`].
-//! - a periodic task (anti-entropy, retransmits) can be added beside [`serve`]'s loop, with
-//!   [`SyncCtx::peers`] for the live members' sync addresses,
-//!   `ctx.state.membership.borrow().changes()` to notice a member joining or rejoining, and
-//!   [`ClusterState::sync_status`](super::ClusterState) for what `GET /api/v1/cluster` shows.
+//! - **receive**: opens each datagram's envelope, hands it to the replica, applies what the
+//!   replica decided to the registry ([`Replicating::apply`]) and asks for a publish;
+//! - **send**: feeds the replica membership's live members and its timers, and sends whatever
+//!   it queued, sealed;
+//! - **publish**: makes remote changes durable and visible on every shard, with the same
+//!   group commit and publish as the API (`Control::commit_and_publish`), coalescing every
+//!   change that arrived meanwhile.
 //!
-//! Until then every datagram is authenticated, counted and otherwise ignored.
+//! Local changes enter through `Control::persist_journal` (the registry's journal, which the
+//! store persists as well), which wakes the send task.
 
 use super::auth::{channel, Drop, Keyring};
 use super::driver::ClusterState;
+use super::replicate::hub::Replication;
+use super::replicate::Event;
+use crate::store::Record;
 use glommio::net::UdpSocket;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::task::{Poll, Waker};
 use std::time::Duration;
 
 /// Largest datagram read.
 const RECV_BUFFER: usize = 64 * 1024;
+/// Largest sealed datagram sent: fits a WireGuard MTU (1420 - 28 bytes of IP and UDP), like
+/// gossip's.
+pub const MAX_DATAGRAM: usize = 1392;
+/// Datagrams sent before the send task yields to other tasks of its queue.
+const SEND_BATCH: usize = 64;
+
+/// A single-waiter, single-threaded wake-up: set, then wakes whoever waits.
+#[derive(Default)]
+pub struct Notify {
+    set: Cell<bool>,
+    waiter: RefCell<Option<Waker>>,
+}
+
+impl Notify {
+    pub fn notify(&self) {
+        self.set.set(true);
+        if let Some(w) = self.waiter.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    pub async fn wait(&self) {
+        std::future::poll_fn(|cx| {
+            if self.set.replace(false) {
+                Poll::Ready(())
+            } else {
+                *self.waiter.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+/// Replication on this hub: the replica and what wakes its tasks. Shared by the sync tasks
+/// and the API (`Control`), through [`ClusterState::replication`].
+pub struct Replicating {
+    pub hub: RefCell<Replication>,
+    /// Datagrams were queued: the send task has work.
+    pub to_send: Notify,
+    /// Remote changes were applied: the publish task has work.
+    pub to_publish: Notify,
+    /// Remote changes that reached the registry, and publishes made for them.
+    pub remote_changes: Cell<u64>,
+    pub publishes: Cell<u64>,
+}
+
+impl Replicating {
+    pub fn new(hub: Replication) -> Replicating {
+        Replicating {
+            hub: RefCell::new(hub),
+            to_send: Notify::default(),
+            to_publish: Notify::default(),
+            remote_changes: Cell::new(0),
+            publishes: Cell::new(0),
+        }
+    }
+
+    /// Local changes (the registry's journal, on their way to the store): replicated and
+    /// stamped with their versions.
+    pub fn local(&self, records: &mut [Record]) {
+        self.hub.borrow_mut().local(records, crate::clock::now_ms());
+        self.to_send.notify();
+    }
+
+    /// Applies remote changes to the registry and hands their records to the store. Local
+    /// changes still in the journal go first, as local ones.
+    pub fn apply(&self, control: &crate::api::Control, events: Vec<Event>) {
+        control.persist_journal();
+        let now = crate::clock::now_ms();
+        let mut hub = self.hub.borrow_mut();
+        let mut reg = control.registry.borrow_mut();
+        let changed = hub.apply(&mut reg, events, now);
+        let mut records = reg.take_journal();
+        for r in &mut records {
+            if let Record::Put(b) = r {
+                hub.stamp(b);
+            }
+        }
+        if let Some(store) = &control.store {
+            for r in &records {
+                store.append(r);
+            }
+        }
+        if changed > 0 {
+            self.remote_changes
+                .set(self.remote_changes.get() + changed as u64);
+            self.to_publish.notify();
+        }
+    }
+}
 
 /// Everything the sync port's driver has.
 pub struct SyncCtx {
@@ -41,6 +137,10 @@ impl SyncCtx {
     pub fn peers(&self) -> Vec<(String, SocketAddr)> {
         self.state.membership.borrow().sync_peers()
     }
+
+    fn replicating(&self) -> Option<&Rc<Replicating>> {
+        self.state.replication.get()
+    }
 }
 
 /// Seals `payload` (channel [`channel::SYNC`]) and sends it to `to`; counted either way.
@@ -56,19 +156,30 @@ pub async fn send(ctx: &SyncCtx, to: SocketAddr, payload: &[u8], out: &mut Vec<u
 }
 
 /// One authenticated sync datagram from member `sender` (boot `epoch`).
-async fn on_datagram(ctx: &SyncCtx, sender: &str, epoch: u64, payload: &[u8]) {
-    // REPLICATE: hand (sender, epoch, payload) to the replication state machine here.
-    let _ = ctx;
-    log::trace!(
-        "sync: {} bytes from {sender} (boot {epoch}); replication is not plugged in yet",
-        payload.len()
-    );
+fn on_datagram(ctx: &SyncCtx, sender: &str, epoch: u64, payload: &[u8]) {
+    let Some(rep) = ctx.replicating() else {
+        return;
+    };
+    let now = crate::clock::now_ms();
+    let handled = rep.hub.borrow_mut().handle(now, sender, epoch, payload);
+    match handled {
+        Ok(events) => {
+            if !events.is_empty() {
+                rep.apply(&ctx.control, events);
+            }
+        }
+        Err(e) => {
+            ctx.state.sync.drop(Drop::Malformed);
+            log::debug!("sync: refused a datagram from {sender}: {e}");
+        }
+    }
+    // Answers (digests, summaries, records) may have been queued.
+    rep.to_send.notify();
 }
 
-/// Reads the sync port until the task is dropped (at shutdown).
-pub async fn serve(ctx: SyncCtx) {
+async fn receive(ctx: Rc<SyncCtx>) {
     let mut buf = vec![0u8; RECV_BUFFER];
-    // The opened payload, copied out so the keyring is not borrowed across an await.
+    // The opened payload, copied out so the keyring is not borrowed while the replica runs.
     let mut payload = Vec::with_capacity(1500);
     loop {
         let (n, from) = match ctx.socket.recv_from(&mut buf).await {
@@ -93,11 +204,131 @@ pub async fn serve(ctx: SyncCtx) {
             }
         };
         match opened {
-            Ok((sender, epoch)) => on_datagram(&ctx, &sender, epoch, &payload).await,
+            Ok((sender, epoch)) => on_datagram(&ctx, &sender, epoch, &payload),
             Err(why) => {
                 ctx.state.sync.drop(why);
                 log::debug!("sync: dropped a datagram from {from}: {why}");
             }
         }
     }
+}
+
+/// Membership in, timers, datagrams out.
+async fn send_loop(ctx: Rc<SyncCtx>, rep: Rc<Replicating>) {
+    let mut out = Vec::with_capacity(MAX_DATAGRAM);
+    let mut seen_changes = None;
+    loop {
+        let now = crate::clock::now_ms();
+        let changes = ctx.state.membership.borrow().changes();
+        if seen_changes != Some(changes) {
+            seen_changes = Some(changes);
+            let peers = ctx.peers();
+            rep.hub.borrow_mut().set_members(&peers, now);
+        }
+        let deadline = {
+            let mut hub = rep.hub.borrow_mut();
+            if hub.replica.poll_timeout() <= now {
+                hub.replica.handle_timeout(now);
+            }
+            hub.replica.poll_timeout()
+        };
+        let mut sent = 0;
+        loop {
+            let next = {
+                let mut hub = rep.hub.borrow_mut();
+                hub.replica
+                    .poll_transmit(crate::clock::now_ms())
+                    .map(|t| (hub.addr_of(t.to), t))
+            };
+            let Some((addr, t)) = next else {
+                break;
+            };
+            let Some(addr) = addr else {
+                // A node that is no longer a member: nothing to send it.
+                continue;
+            };
+            send(&ctx, addr, &t.payload, &mut out).await;
+            sent += 1;
+            if sent % SEND_BATCH == 0 {
+                futures_lite::future::yield_now().await;
+            }
+        }
+        refresh_status(&ctx.state, &rep);
+        let wait = Duration::from_millis(deadline.saturating_sub(crate::clock::now_ms()))
+            .clamp(Duration::from_millis(1), Duration::from_secs(1));
+        futures_lite::future::or(glommio::timer::sleep(wait), rep.to_send.wait()).await;
+    }
+}
+
+/// Publishes remote changes: every change applied while a publish was under way goes out
+/// with the next one.
+async fn publish_loop(ctx: Rc<SyncCtx>, rep: Rc<Replicating>) {
+    loop {
+        rep.to_publish.wait().await;
+        if let Err(e) = ctx.control.commit_and_publish().await {
+            log::error!("sync: cannot persist replicated changes: {e}");
+            glommio::timer::sleep(Duration::from_millis(100)).await;
+            rep.to_publish.notify();
+            continue;
+        }
+        rep.publishes.set(rep.publishes.get() + 1);
+    }
+}
+
+/// What `GET /api/v1/cluster` shows under `sync`.
+fn refresh_status(state: &ClusterState, rep: &Replicating) {
+    let hub = rep.hub.borrow();
+    let st = hub.replica.status();
+    let now = crate::clock::now_ms();
+    let unix = crate::clock::unix_ms();
+    let ago = |t: u64| unix.saturating_sub(now.saturating_sub(t));
+    let peers: Vec<serde_json::Value> = st
+        .peers
+        .iter()
+        .map(|(id, synced)| {
+            serde_json::json!({
+                "id": hub.name_of(*id),
+                "in_sync_unix_ms": synced.map(ago),
+            })
+        })
+        .collect();
+    let s = &st.stats;
+    let mut out = state.sync_status.borrow_mut();
+    out.replicating = true;
+    out.version = Some(st.clock.0);
+    out.pending = st.queued as u64;
+    out.last_anti_entropy_unix_ms = st.peers.iter().filter_map(|(_, t)| *t).max().map(ago);
+    out.detail = serde_json::json!({
+        "clock": st.clock.to_string(),
+        "backends": st.entries,
+        "tombstones": st.tombstones,
+        "root": format!("{:016x}", st.root),
+        "peers": peers,
+        "messages": { "sent": s.sent, "received": s.received,
+                      "sent_bytes": s.sent_bytes, "received_bytes": s.received_bytes },
+        "dropped": { "malformed": s.malformed, "queue_full": s.queue_drops,
+                     "spoofed": hub.stats.spoofed, "undecodable": hub.stats.undecodable },
+        "merges": { "applied": s.applied, "stale": s.stale, "conflicts": s.conflicts,
+                    "skewed_clocks": s.skewed },
+        "anti_entropy": { "rounds": s.anti_entropy_rounds, "repairs": s.repairs },
+        "remote_changes": rep.remote_changes.get(),
+        "publishes": rep.publishes.get(),
+    });
+}
+
+/// Runs registry sync until the task is dropped (at shutdown).
+pub async fn serve(ctx: SyncCtx) {
+    let ctx = Rc::new(ctx);
+    let Some(rep) = ctx.replicating().cloned() else {
+        // Nothing to replicate into: authenticate and count, as before replication existed.
+        return receive(ctx).await;
+    };
+    futures_lite::future::or(
+        receive(ctx.clone()),
+        futures_lite::future::or(
+            send_loop(ctx.clone(), rep.clone()),
+            publish_loop(ctx.clone(), rep),
+        ),
+    )
+    .await
 }

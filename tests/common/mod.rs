@@ -329,7 +329,12 @@ pub fn read_response(s: &mut TcpStream) -> Option<HttpResponse> {
         if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             break i + 4;
         }
-        let n = s.read(&mut chunk).expect("read response");
+        let n = match s.read(&mut chunk) {
+            // A socket read with a timeout is not restarted after the test process was
+            // stopped and continued (SIGSTOP/SIGCONT): read again.
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            r => r.expect("read response"),
+        };
         if n == 0 {
             return None;
         }
@@ -352,7 +357,10 @@ pub fn read_response(s: &mut TcpStream) -> Option<HttpResponse> {
         .map(|(_, v)| v.parse().unwrap())
         .unwrap_or(0);
     while buf.len() < head_end + len {
-        let n = s.read(&mut chunk).expect("read body");
+        let n = match s.read(&mut chunk) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            r => r.expect("read body"),
+        };
         assert!(n > 0, "connection closed mid-body");
         buf.extend_from_slice(&chunk[..n]);
     }
