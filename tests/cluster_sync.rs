@@ -202,6 +202,15 @@ fn register_at_a_resolves_at_b_and_c_deregister_at_c_is_gone_everywhere() {
         "{sync}"
     );
     assert_eq!(sync["detail"]["dropped"]["malformed"], 0, "{sync}");
+    let (_, _, body) =
+        t.b.http(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let text = String::from_utf8(body).unwrap();
+    let applied = text
+        .lines()
+        .find(|l| l.starts_with("edgeproxy_replication_merges_total{result=\"applied\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok());
+    assert!(applied.is_some_and(|v| v >= 31.0), "{text}");
 }
 
 #[test]

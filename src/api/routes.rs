@@ -155,6 +155,90 @@ fn cluster_metrics(t: &mut Text, c: &crate::cluster::ClusterState) {
             counts[i] as f64,
         );
     }
+    if let Some(rep) = c.replication.get() {
+        replication_metrics(t, rep);
+    }
+}
+
+/// Registry replication (`cluster::replicate`) counters.
+fn replication_metrics(t: &mut Text, rep: &crate::cluster::sync::Replicating) {
+    let hub = rep.hub.borrow();
+    let st = hub.replica.status();
+    let s = &st.stats;
+    // (name, help, type, samples of (label, value, number))
+    type Family<'a> = (&'a str, &'a str, &'a str, Vec<(&'a str, &'a str, f64)>);
+    let families: [Family; 7] = [
+        (
+            "edgeproxy_replication_messages_total",
+            "Replication messages (before the envelope), by direction.",
+            "counter",
+            vec![
+                ("direction", "out", s.sent as f64),
+                ("direction", "in", s.received as f64),
+            ],
+        ),
+        (
+            "edgeproxy_replication_dropped_total",
+            "Replication messages or records dropped, by reason (malformed; queue_full: send queue over its bound, anti-entropy repairs; spoofed: header and envelope name different nodes; undecodable: a record this hub cannot read).",
+            "counter",
+            vec![
+                ("reason", "malformed", s.malformed as f64),
+                ("reason", "queue_full", s.queue_drops as f64),
+                ("reason", "spoofed", hub.stats.spoofed as f64),
+                ("reason", "undecodable", hub.stats.undecodable as f64),
+            ],
+        ),
+        (
+            "edgeproxy_replication_merges_total",
+            "Remote records merged, by result (applied: newer than ours; stale: older than ours; conflict: replaced a different node's write; skewed_clock: from a clock beyond the tolerance, merged anyway).",
+            "counter",
+            vec![
+                ("result", "applied", s.applied as f64),
+                ("result", "stale", s.stale as f64),
+                ("result", "conflict", s.conflicts as f64),
+                ("result", "skewed_clock", s.skewed as f64),
+            ],
+        ),
+        (
+            "edgeproxy_replication_anti_entropy_total",
+            "Anti-entropy rounds started here, and rounds (started by either side) that found a difference.",
+            "counter",
+            vec![
+                ("result", "started", s.anti_entropy_rounds as f64),
+                ("result", "repaired", s.repairs as f64),
+            ],
+        ),
+        (
+            "edgeproxy_replication_entries",
+            "Replicated entries held, by kind.",
+            "gauge",
+            vec![
+                ("kind", "backend", st.entries as f64),
+                ("kind", "tombstone", st.tombstones as f64),
+            ],
+        ),
+        (
+            "edgeproxy_replication_pending",
+            "Replication datagrams waiting to be sent.",
+            "gauge",
+            vec![("queue", "send", st.queued as f64)],
+        ),
+        (
+            "edgeproxy_replication_remote_changes_total",
+            "Remote changes applied to the registry, and the publishes made for them.",
+            "counter",
+            vec![
+                ("what", "changes", rep.remote_changes.get() as f64),
+                ("what", "publishes", rep.publishes.get() as f64),
+            ],
+        ),
+    ];
+    for (name, help, kind, samples) in families {
+        t.family(name, help, kind);
+        for (label, value, v) in samples {
+            t.sample(name, &[(label, value)], v);
+        }
+    }
 }
 
 /// Reloads the TLS certificates: answered by [`crate::api`] itself, since it waits.
