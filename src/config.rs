@@ -505,6 +505,27 @@ pub struct Args {
     #[arg(long, env = "EDGEPROXY_GOSSIP_SUSPECT_TIMEOUT_MS", value_parser = clap::value_parser!(u64).range(10..))]
     pub gossip_suspect_timeout_ms: Option<u64>,
 
+    /// Milliseconds between anti-entropy rounds of registry sync (each compares this hub's
+    /// registry with one random peer's: a 19-byte datagram when they agree).
+    #[arg(
+        long,
+        env = "EDGEPROXY_SYNC_ANTI_ENTROPY_MS",
+        default_value_t = 1000,
+        value_parser = clap::value_parser!(u64).range(10..=600_000)
+    )]
+    pub sync_anti_entropy_ms: u64,
+
+    /// Seconds a deletion (tombstone) is remembered by registry sync. A hub away longer than
+    /// this may bring deleted backends back, so it must be longer than any outage or partition
+    /// after which a hub rejoins with its old state; and at least --heartbeat-ttl-secs plus
+    /// --expiry-grace-secs, so that such a backend is then expired and swept at once.
+    #[arg(
+        long,
+        env = "EDGEPROXY_SYNC_TOMBSTONE_HORIZON_SECS",
+        default_value_t = 86_400
+    )]
+    pub sync_tombstone_horizon_secs: u64,
+
     // --- edgeProxy v0.4 settings that no longer apply; accepted so old environments still work.
     #[arg(long, env = "EDGEPROXY_DB_PATH", hide = true)]
     pub legacy_db_path: Option<String>,
@@ -641,6 +662,19 @@ impl Config {
             || args.dns_tcp_max_connections == 0
         {
             return Err(ConfigError("connection limits must be at least 1".into()));
+        }
+        if args.replication_enabled
+            && args.heartbeat_ttl_secs > 0
+            && args.sync_tombstone_horizon_secs
+                < args
+                    .heartbeat_ttl_secs
+                    .saturating_add(args.expiry_grace_secs)
+        {
+            return Err(ConfigError(format!(
+                "--sync-tombstone-horizon-secs ({}) must be at least --heartbeat-ttl-secs plus --expiry-grace-secs ({}): a hub back from a longer absence could otherwise serve deleted backends again",
+                args.sync_tombstone_horizon_secs,
+                args.heartbeat_ttl_secs.saturating_add(args.expiry_grace_secs)
+            )));
         }
         let cluster = if args.replication_enabled {
             Some(crate::cluster::ClusterConfig::from_args(&args).map_err(ConfigError)?)

@@ -769,6 +769,8 @@ async fn run_shard(
             let replica_cfg = crate::cluster::replicate::Config {
                 max_payload: crate::cluster::sync::MAX_DATAGRAM
                     - crate::cluster::auth::MAX_OVERHEAD,
+                anti_entropy_ms: c.anti_entropy.as_millis() as u64,
+                tombstone_horizon_ms: c.tombstone_horizon.as_millis() as u64,
                 ..Default::default()
             };
             let hub = crate::cluster::replicate::hub::Replication::new(

@@ -45,6 +45,9 @@ pub struct ClusterConfig {
     pub profile: GossipProfile,
     pub probe_interval: Option<Duration>,
     pub suspect_timeout: Option<Duration>,
+    /// Registry sync: between anti-entropy rounds, and how long a tombstone is kept.
+    pub anti_entropy: Duration,
+    pub tombstone_horizon: Duration,
 }
 
 fn is_node_name(s: &str) -> bool {
@@ -116,6 +119,8 @@ impl ClusterConfig {
             profile: args.gossip_profile,
             probe_interval: args.gossip_probe_interval_ms.map(Duration::from_millis),
             suspect_timeout: args.gossip_suspect_timeout_ms.map(Duration::from_millis),
+            anti_entropy: Duration::from_millis(args.sync_anti_entropy_ms),
+            tombstone_horizon: Duration::from_secs(args.sync_tombstone_horizon_secs),
         };
         if cfg.gossip_addr.port() != 0 && cfg.gossip_addr == cfg.sync_addr {
             return Err("--gossip-addr and --sync-addr must differ".into());
@@ -226,6 +231,20 @@ mod tests {
         assert!(parse(&["--bootstrap-peers=hub-2"]).is_err());
         assert!(parse(&["--cluster-key=AAAA"]).unwrap_err().contains("32"));
         assert!(parse(&["--gossip-addr=127.0.0.1:5000", "--sync-addr=127.0.0.1:5000"]).is_err());
+        assert!(parse(&["--sync-tombstone-horizon-secs=600"])
+            .unwrap_err()
+            .contains("--expiry-grace-secs"));
+        assert!(parse(&[
+            "--sync-tombstone-horizon-secs=600",
+            "--heartbeat-ttl-secs=0"
+        ])
+        .is_ok());
+        let c = parse(&["--sync-anti-entropy-ms=250"])
+            .unwrap()
+            .cluster
+            .unwrap();
+        assert_eq!(c.anti_entropy.as_millis(), 250);
+        assert_eq!(c.tombstone_horizon.as_secs(), 86_400);
         let c = parse(&[
             "--bootstrap-peers=hub-2:4001, 10.0.0.1:4001",
             "--gossip-profile=wan",
