@@ -285,6 +285,7 @@ fn cut(x: &str, y: &str) {
 fn heal() {
     while std::process::Command::new("ip")
         .args(["rule", "del", "pref", "10"])
+        .stderr(std::process::Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
     {}
@@ -346,4 +347,206 @@ fn a_partition_heals_into_identical_registries() {
         );
     }
     let _ = healed;
+}
+
+/// Registers `n` backends at `h` over one keep-alive connection, 100 requests in flight.
+fn register_many(h: &Hub, prefix: &str, n: usize) {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(h.api).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    for start in (0..n).step_by(100) {
+        let end = (start + 100).min(n);
+        let mut out = Vec::new();
+        for i in start..end {
+            let body = format!(
+                r#"{{"id":"{prefix}-{i}","app":"{prefix}.pop","region":"sa","ip":"10.60.{}.{}","port":80,"ttl_secs":0}}"#,
+                i / 250,
+                i % 250 + 1
+            );
+            write!(
+                out,
+                "POST /api/v1/register HTTP/1.1\r\nHost: hub\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .unwrap();
+        }
+        s.write_all(&out).unwrap();
+        let mut buf = Vec::new();
+        let mut seen = 0;
+        while seen < end - start {
+            // Whole responses at the front of `buf`: status line, Content-Length, body.
+            if let Some(head) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let text = String::from_utf8_lossy(&buf[..head]).to_string();
+                let len: usize = text
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse().unwrap())
+                    })
+                    .unwrap_or(0);
+                if buf.len() >= head + 4 + len {
+                    assert!(
+                        text.starts_with("HTTP/1.1 200") || text.starts_with("HTTP/1.1 201"),
+                        "{text}"
+                    );
+                    buf.drain(..head + 4 + len);
+                    seen += 1;
+                    continue;
+                }
+            }
+            let mut chunk = [0u8; 65536];
+            let n = loop {
+                match std::io::Read::read(&mut s, &mut chunk) {
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    r => break r.unwrap(),
+                }
+            };
+            assert!(n > 0, "the API closed the connection");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+fn sync_bytes_out(h: &Hub) -> (f64, f64) {
+    let (_, _, body) = h.http(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let text = String::from_utf8(body).unwrap();
+    let get = |port: &str| {
+        text.lines()
+            .find(|l| {
+                l.starts_with("edgeproxy_cluster_bytes_total")
+                    && l.contains(&format!("port=\"{port}\""))
+                    && l.contains("direction=\"out\"")
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (get("sync"), get("gossip"))
+}
+
+/// The figures of the closing note, through the real binary:
+/// `cargo test --release --test cluster_sync figures -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn figures() {
+    let netns = private_network();
+    let t = three();
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+
+    // 1. Registration acknowledged at A -> DNS answer at B and at C.
+    let mut lat = Vec::new();
+    for i in 0..200 {
+        let app = format!("fig{i}.pop");
+        let ip = format!("10.50.3.{}", i % 250 + 1);
+        let want: Ipv4Addr = ip.parse().unwrap();
+        register(&t.a, &format!("fig-{i}"), &app, &ip);
+        let acked = Instant::now();
+        let mut pending = vec![&t.b, &t.c];
+        while !pending.is_empty() {
+            assert!(acked.elapsed() < Duration::from_secs(5));
+            pending.retain(|h| {
+                let got = resolve(h, &sock, &app) == Some(want);
+                if got {
+                    lat.push(acked.elapsed());
+                }
+                !got
+            });
+        }
+    }
+    let (med, p99, worst) = (
+        percentile(&mut lat, 50),
+        percentile(&mut lat, 99),
+        percentile(&mut lat, 100),
+    );
+    eprintln!(
+        "FIGURE registration at A -> DNS answer at B/C over {} answers: median {med:?}, p99 {p99:?}, worst {worst:?}",
+        lat.len()
+    );
+
+    // 2. Bandwidth at rest (1,200 backends, no changes), per node.
+    register_many(&t.a, "rest", 1000);
+    eventually("converged", Duration::from_secs(20), || {
+        converged(&[&t.a, &t.b, &t.c])
+    });
+    // Each change is pushed a second time 250 ms later: let that tail pass before measuring.
+    std::thread::sleep(Duration::from_secs(1));
+    let before: Vec<(f64, f64)> = [&t.a, &t.b, &t.c]
+        .iter()
+        .map(|h| sync_bytes_out(h))
+        .collect();
+    let start = Instant::now();
+    std::thread::sleep(Duration::from_secs(10)); // measuring a rate over a period, not syncing
+    let secs = start.elapsed().as_secs_f64();
+    for (h, (s0, g0)) in [&t.a, &t.b, &t.c].iter().zip(before) {
+        let (s1, g1) = sync_bytes_out(h);
+        eprintln!(
+            "FIGURE at rest with 1,200 backends: sync {:.0} B/s, gossip {:.0} B/s (probe every 100 ms here) sent by one hub",
+            (s1 - s0) / secs,
+            (g1 - g0) / secs
+        );
+    }
+
+    // 3. Convergence after a partition heals (3 hubs), several times.
+    if netns {
+        let mut heals = Vec::new();
+        for round in 0..5 {
+            cut("127.0.0.13", "127.0.0.11");
+            cut("127.0.0.13", "127.0.0.12");
+            eventually("C is down for A", Duration::from_secs(10), || {
+                !alive(&t.a, &["hub-c"])
+            });
+            register_many(&t.a, &format!("pa{round}"), 50);
+            register_many(&t.c, &format!("pc{round}"), 50);
+            heal();
+            heals.push(eventually("converge", Duration::from_secs(30), || {
+                converged(&[&t.a, &t.b, &t.c])
+            }));
+        }
+        heals.sort();
+        eprintln!(
+            "FIGURE 3 hubs, 50 changes on each side of a partition: converged after the heal in median {:?}, worst {:?} (includes membership noticing the heal)",
+            heals[heals.len() / 2],
+            heals[heals.len() - 1]
+        );
+    }
+
+    // 4. Does sync delay registrations? Register at A while A serves a full sync of 10,000
+    //    backends to a new hub, against the same without it.
+    register_many(&t.a, "bulk", 10_000);
+    eventually("converged", Duration::from_secs(60), || {
+        converged(&[&t.a, &t.b, &t.c])
+    });
+    let rtt = |n: usize, tag: &str| {
+        let mut v = Vec::new();
+        for i in 0..n {
+            let t0 = Instant::now();
+            register(&t.a, &format!("{tag}-{i}"), "rtt.pop", "10.50.4.1");
+            v.push(t0.elapsed());
+        }
+        v
+    };
+    let mut idle = rtt(200, "idle");
+    let dir = StateDir::new();
+    let d = hub("hub-d", "127.0.0.14", &[t.a.gossip.unwrap()], &dir.0);
+    let joined = Instant::now();
+    let mut busy = Vec::new();
+    let total = ids(&t.a).len();
+    let mut caught_up = None;
+    while caught_up.is_none() || busy.len() < 200 {
+        busy.extend(rtt(10, &format!("busy{}", busy.len())));
+        if caught_up.is_none() && ids(&d).len() >= total {
+            caught_up = Some(joined.elapsed());
+        }
+        assert!(joined.elapsed() < Duration::from_secs(120));
+    }
+    eprintln!(
+        "FIGURE registration round trip at A (API ack, fsync included): idle median {:?} p99 {:?}; while A serves a full sync of {total} backends to a new hub: median {:?} p99 {:?} worst {:?}; the new hub caught up in {:?}",
+        percentile(&mut idle, 50),
+        percentile(&mut idle, 99),
+        percentile(&mut busy, 50),
+        percentile(&mut busy, 99),
+        percentile(&mut busy, 100),
+        caught_up.unwrap()
+    );
 }

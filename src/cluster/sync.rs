@@ -9,9 +9,11 @@
 //!   replica decided to the registry ([`Replicating::apply`]) and asks for a publish;
 //! - **send**: feeds the replica membership's live members and its timers, and sends whatever
 //!   it queued, sealed;
-//! - **publish**: makes remote changes durable and visible on every shard, with the same
-//!   group commit and publish as the API (`Control::commit_and_publish`), coalescing every
-//!   change that arrived meanwhile.
+//! - **publish**: makes remote changes visible on every shard at once, then durable (the
+//!   store's group commit), coalescing every change that arrived meanwhile.
+//!
+//! Both the receive and the send loop offer the scheduler a switch after every datagram
+//! (`yield_if_needed`): a burst of sync traffic never runs past the API queue's latency bound.
 //!
 //! Local changes enter through `Control::persist_journal` (the registry's journal, which the
 //! store persists as well), which wakes the send task.
@@ -33,8 +35,6 @@ const RECV_BUFFER: usize = 64 * 1024;
 /// Largest sealed datagram sent: fits a WireGuard MTU (1420 - 28 bytes of IP and UDP), like
 /// gossip's.
 pub const MAX_DATAGRAM: usize = 1392;
-/// Datagrams sent before the send task yields to other tasks of its queue.
-const SEND_BATCH: usize = 64;
 
 /// A single-waiter, single-threaded wake-up: set, then wakes whoever waits.
 #[derive(Default)]
@@ -210,6 +210,9 @@ async fn receive(ctx: Rc<SyncCtx>) {
                 log::debug!("sync: dropped a datagram from {from}: {why}");
             }
         }
+        // While datagrams keep arriving the receive never waits: let the API's queue (a
+        // tighter latency bound) run as soon as the scheduler wants it to.
+        glommio::yield_if_needed().await;
     }
 }
 
@@ -232,7 +235,6 @@ async fn send_loop(ctx: Rc<SyncCtx>, rep: Rc<Replicating>) {
             }
             hub.replica.poll_timeout()
         };
-        let mut sent = 0;
         loop {
             let next = {
                 let mut hub = rep.hub.borrow_mut();
@@ -248,10 +250,7 @@ async fn send_loop(ctx: Rc<SyncCtx>, rep: Rc<Replicating>) {
                 continue;
             };
             send(&ctx, addr, &t.payload, &mut out).await;
-            sent += 1;
-            if sent % SEND_BATCH == 0 {
-                futures_lite::future::yield_now().await;
-            }
+            glommio::yield_if_needed().await;
         }
         refresh_status(&ctx.state, &rep);
         let wait = Duration::from_millis(deadline.saturating_sub(crate::clock::now_ms()))
@@ -260,18 +259,22 @@ async fn send_loop(ctx: Rc<SyncCtx>, rep: Rc<Replicating>) {
     }
 }
 
-/// Publishes remote changes: every change applied while a publish was under way goes out
-/// with the next one.
+/// Publishes remote changes at once, then makes them durable: unlike a local change (which is
+/// acknowledged, so durable first), a remote one lost in a crash before its fsync is simply
+/// synced again from the peers, so visibility need not wait for the disk. Every change
+/// applied meanwhile goes out with the next publish.
 async fn publish_loop(ctx: Rc<SyncCtx>, rep: Rc<Replicating>) {
     loop {
         rep.to_publish.wait().await;
-        if let Err(e) = ctx.control.commit_and_publish().await {
-            log::error!("sync: cannot persist replicated changes: {e}");
-            glommio::timer::sleep(Duration::from_millis(100)).await;
-            rep.to_publish.notify();
-            continue;
+        if ctx.control.registry.borrow().is_dirty() {
+            ctx.control.registry.borrow_mut().publish();
+            rep.publishes.set(rep.publishes.get() + 1);
         }
-        rep.publishes.set(rep.publishes.get() + 1);
+        if let Some(store) = &ctx.control.store {
+            if let Err(e) = store.commit().await {
+                log::error!("sync: cannot persist replicated changes: {e}");
+            }
+        }
     }
 }
 
