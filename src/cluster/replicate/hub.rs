@@ -62,7 +62,8 @@ pub struct Replication {
 
 impl Replication {
     /// The replica of hub `name`, holding the backends restored from disk. Records stored
-    /// before replication existed (no version) get one now, from this hub.
+    /// before replication existed (no version) get one from this hub at their registration
+    /// time: old, so that any change made elsewhere since wins, and the same at every restart.
     pub fn new(
         name: &str,
         now_ms: u64,
@@ -72,7 +73,6 @@ impl Replication {
     ) -> Replication {
         let me = NodeId::from_name(name);
         let mut replica = Replica::new(me, now_ms, wall_offset_ms, cfg);
-        let now_unix = (now_ms as i64 + wall_offset_ms).max(0) as u64;
         for b in restored {
             let version = if b.hlc != 0 {
                 Version {
@@ -81,7 +81,7 @@ impl Replication {
                 }
             } else {
                 Version {
-                    hlc: super::Hlc::new(now_unix, 0),
+                    hlc: super::Hlc::new(b.registered_unix_ms, 0),
                     origin: me,
                 }
             };
@@ -401,11 +401,10 @@ mod tests {
             origin: 0,
             ..saved
         };
-        let c = Replication::new("hub-c", 0, 1_000, &[old], Config::default());
-        assert_eq!(
-            c.replica.get("x").unwrap().version.origin,
-            NodeId::from_name("hub-c")
-        );
+        let c = Replication::new("hub-c", 0, 1_000, &[old.clone()], Config::default());
+        let v = c.replica.get("x").unwrap().version;
+        assert_eq!(v.origin, NodeId::from_name("hub-c"));
+        assert_eq!(v.hlc.ms(), old.registered_unix_ms);
     }
 
     #[test]
