@@ -341,3 +341,46 @@ fn no_routable_address_is_a_startup_error() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("--advertise-addr"), "{err}");
 }
+
+#[test]
+fn a_flood_of_sealed_datagrams_leaves_the_hub_serving() {
+    // 40,000 authentic envelopes (more than glommio's 16-bit task reference count) that foca
+    // refuses: the hub keeps gossiping with its peer and answering the API.
+    let k = format!("--cluster-key={}", key(7));
+    let a = hub("hub-a", "127.0.0.1", 0, &[], &[&k]);
+    let b = hub("hub-b", "127.0.0.2", 0, &[a.gossip.unwrap()], &[&k]);
+    eventually("b joins", Duration::from_secs(10), || {
+        all_alive(&a, &["hub-b"])
+    });
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut ring = edgeproxy::cluster::auth::Keyring::new(&[[7u8; 32]], "mallory", "edgeproxy", 1);
+    let mut d = Vec::new();
+    for i in 0..40_000u32 {
+        ring.seal(
+            edgeproxy::cluster::auth::channel::GOSSIP,
+            &i.to_be_bytes(),
+            &mut d,
+        );
+        let _ = s.send_to(&d, a.gossip.unwrap());
+        if i % 2000 == 0 {
+            // Let the hub's receive queue drain a little: the point is many datagrams handled.
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    eventually(
+        "the hub handled most of the flood",
+        Duration::from_secs(20),
+        || {
+            metric(
+                &a,
+                "edgeproxy_cluster_dropped_total",
+                &[("port", "gossip"), ("reason", "malformed")],
+            ) >= 32_768.0
+        },
+    );
+    assert_eq!(a.api("GET", "/health", None).0, 200);
+    a.register("pop-gru", "gru.pop", "sa", "10.50.1.1", 80);
+    eventually("still a cluster", Duration::from_secs(5), || {
+        all_alive(&a, &["hub-b"]) && all_alive(&b, &["hub-a"])
+    });
+}

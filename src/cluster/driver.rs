@@ -325,14 +325,16 @@ pub async fn run(
 ) {
     let gossip = Rc::new(gossip);
     let (wake_tx, wake_rx) = glommio::channels::local_channel::new_bounded(1);
-    let work = futures_lite::future::or(
-        futures_lite::future::or(
-            receive(state.clone(), gossip.clone(), wake_tx),
-            timers(state.clone(), gossip.clone(), wake_rx, peers),
-        ),
-        super::sync::serve(sync),
-    );
-    futures_lite::future::or(work, crate::shutdown::drain_started()).await;
+    // Separate tasks, not one task polling several futures: glommio's socket futures keep a
+    // waker clone per poll (`Source::collect_rw`), so a receive polled again and again because
+    // a sibling timer fired overflows the task's 16-bit reference count (a panic after 32767
+    // polls; found by flooding the gossip port). Each task here is only woken by its own event.
+    // Spawned tasks inherit this task's queue. Dropping them cancels them.
+    let receiver = glommio::spawn_local(receive(state.clone(), gossip.clone(), wake_tx));
+    let timer = glommio::spawn_local(timers(state.clone(), gossip.clone(), wake_rx, peers));
+    let sync = glommio::spawn_local(super::sync::serve(sync));
+    crate::shutdown::drain_started().await;
+    drop((receiver, timer, sync));
     let leaving = state.membership.borrow().joined();
     state.membership.borrow_mut().leave(Instant::now());
     let mut out = Vec::new();

@@ -201,10 +201,25 @@ impl Membership {
             }
         }
         let result = match chan {
-            channel::GOSSIP if !self.left => self
-                .foca
-                .handle_data(payload, &mut self.rt)
-                .map_err(|e| Rejected(e.to_string())),
+            channel::GOSSIP if !self.left => {
+                // foca trusts the identity a message names as its source: it must be the one
+                // the envelope authenticated, or any key holder could speak for any member.
+                let mut head = payload;
+                match <PostcardCodec as foca::Codec<Node>>::decode_header(
+                    &mut PostcardCodec,
+                    &mut head,
+                ) {
+                    Ok(h) if h.src.id == sender && h.src.boot == epoch => self
+                        .foca
+                        .handle_data(payload, &mut self.rt)
+                        .map_err(|e| Rejected(e.to_string())),
+                    Ok(h) => Err(Rejected(format!(
+                        "speaks for {:?} (boot {}) but was sealed by {sender:?} (boot {epoch})",
+                        h.src.id, h.src.boot
+                    ))),
+                    Err(e) => Err(Rejected(format!("not a SWIM message: {e}"))),
+                }
+            }
             channel::GOSSIP => Ok(()),
             channel::CONTROL if payload == LEAVE => {
                 if let Some(r) = self.records.get_mut(sender) {
@@ -561,6 +576,25 @@ mod tests {
                 .boot,
             2
         );
+    }
+
+    #[test]
+    fn a_message_must_come_from_the_member_it_names() {
+        let mut net = Net::new(2);
+        let now = net.now;
+        let seed = net.nodes[0].0.me().gossip;
+        net.nodes[1].0.join(now, &[seed]);
+        let (to, ch, announce) = net.nodes[1].0.pop_transmit().unwrap();
+        assert_eq!((to, ch), (seed, channel::GOSSIP));
+        // hub-1's announce, sealed by someone else (or by hub-1 of another boot): refused.
+        let n0 = &mut net.nodes[0].0;
+        assert!(n0.handle(now, "mallory", 1, ch, &announce).is_err());
+        assert!(n0.handle(now, "hub-1", 2, ch, &announce).is_err());
+        assert!(n0.handle(now, "hub-1", 1, ch, &[0u8; 200]).is_err());
+        assert!(n0.members().is_empty());
+        assert!(n0.handle(now, "hub-1", 1, ch, &announce).is_ok());
+        net.run(Duration::from_millis(200));
+        assert!(all(&net, 0, MemberState::Alive, 1));
     }
 
     #[test]
