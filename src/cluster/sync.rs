@@ -326,12 +326,15 @@ pub async fn serve(ctx: SyncCtx) {
         // Nothing to replicate into: authenticate and count, as before replication existed.
         return receive(ctx).await;
     };
-    futures_lite::future::or(
-        receive(ctx.clone()),
-        futures_lite::future::or(
-            send_loop(ctx.clone(), rep.clone()),
-            publish_loop(ctx.clone(), rep),
-        ),
-    )
-    .await
+    // One task per loop, not one task polling three futures: glommio's socket futures keep a
+    // waker clone per poll, so a receive polled again each time a sibling is woken (every
+    // datagram wakes the send loop) overflows the task's reference count after 32767 polls
+    // (see cluster::driver::run). Spawned tasks inherit this task's queue; dropping this
+    // future (at shutdown) drops their handles, which cancels them.
+    let receiver = glommio::spawn_local(receive(ctx.clone()));
+    let sender = glommio::spawn_local(send_loop(ctx.clone(), rep.clone()));
+    let publisher = glommio::spawn_local(publish_loop(ctx, rep));
+    receiver.await;
+    sender.await;
+    publisher.await;
 }
