@@ -401,7 +401,13 @@ mod tests {
             origin: 0,
             ..saved
         };
-        let c = Replication::new("hub-c", 0, 1_000, &[old.clone()], Config::default());
+        let c = Replication::new(
+            "hub-c",
+            0,
+            1_000,
+            std::slice::from_ref(&old),
+            Config::default(),
+        );
         let v = c.replica.get("x").unwrap().version;
         assert_eq!(v.origin, NodeId::from_name("hub-c"));
         assert_eq!(v.hlc.ms(), old.registered_unix_ms);
