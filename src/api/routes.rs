@@ -58,6 +58,9 @@ fn cluster(c: Option<&crate::cluster::ClusterState>) -> Response {
         .collect();
     members.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
     let joined = c.membership.borrow().joined();
+    if let Some(rep) = c.replication.get() {
+        crate::cluster::sync::refresh_status(c, rep);
+    }
     Response::json(
         200,
         json!({

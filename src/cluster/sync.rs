@@ -252,7 +252,6 @@ async fn send_loop(ctx: Rc<SyncCtx>, rep: Rc<Replicating>) {
             send(&ctx, addr, &t.payload, &mut out).await;
             glommio::yield_if_needed().await;
         }
-        refresh_status(&ctx.state, &rep);
         let wait = Duration::from_millis(deadline.saturating_sub(crate::clock::now_ms()))
             .clamp(Duration::from_millis(1), Duration::from_secs(1));
         futures_lite::future::or(glommio::timer::sleep(wait), rep.to_send.wait()).await;
@@ -278,8 +277,9 @@ async fn publish_loop(ctx: Rc<SyncCtx>, rep: Rc<Replicating>) {
     }
 }
 
-/// What `GET /api/v1/cluster` shows under `sync`.
-fn refresh_status(state: &ClusterState, rep: &Replicating) {
+/// Fills what `GET /api/v1/cluster` shows under `sync` (called by the route, so it is never
+/// stale and costs nothing while nobody asks).
+pub fn refresh_status(state: &ClusterState, rep: &Replicating) {
     let hub = rep.hub.borrow();
     let st = hub.replica.status();
     let now = crate::clock::now_ms();
