@@ -6,7 +6,7 @@
 //! replica costs more than one bucket summary, see `replicate::sim::step_cost`):
 //!
 //! - **receive**: opens each datagram's envelope, hands it to the replica, applies what the
-//!   replica decided to the registry ([`Replicating::apply`]) and asks for a publish;
+//!   replica decided to the registry ([`Replication::receive`]) and asks for a publish;
 //! - **send**: feeds the replica membership's live members and its timers, and sends whatever
 //!   it queued, sealed;
 //! - **publish**: makes remote changes visible on every shard at once, then durable (the
@@ -21,7 +21,6 @@
 use super::auth::{channel, Drop, Keyring};
 use super::driver::ClusterState;
 use super::replicate::hub::Replication;
-use super::replicate::Event;
 use crate::store::Record;
 use glommio::net::UdpSocket;
 use std::cell::{Cell, RefCell};
@@ -94,32 +93,6 @@ impl Replicating {
         self.hub.borrow_mut().local(records, crate::clock::now_ms());
         self.to_send.notify();
     }
-
-    /// Applies remote changes to the registry and hands their records to the store. Local
-    /// changes still in the journal go first, as local ones.
-    pub fn apply(&self, control: &crate::api::Control, events: Vec<Event>) {
-        control.persist_journal();
-        let now = crate::clock::now_ms();
-        let mut hub = self.hub.borrow_mut();
-        let mut reg = control.registry.borrow_mut();
-        let changed = hub.apply(&mut reg, events, now);
-        let mut records = reg.take_journal();
-        for r in &mut records {
-            if let Record::Put(b) = r {
-                hub.stamp(b);
-            }
-        }
-        if let Some(store) = &control.store {
-            for r in &records {
-                store.append(r);
-            }
-        }
-        if changed > 0 {
-            self.remote_changes
-                .set(self.remote_changes.get() + changed as u64);
-            self.to_publish.notify();
-        }
-    }
 }
 
 /// Everything the sync port's driver has.
@@ -155,17 +128,31 @@ pub async fn send(ctx: &SyncCtx, to: SocketAddr, payload: &[u8], out: &mut Vec<u
     }
 }
 
-/// One authenticated sync datagram from member `sender` (boot `epoch`).
+/// One authenticated sync datagram from member `sender` (boot `epoch`): replicated local
+/// changes first, then the datagram, its decisions applied to the registry
+/// ([`Replication::receive`]), every resulting record handed to the store.
 fn on_datagram(ctx: &SyncCtx, sender: &str, epoch: u64, payload: &[u8]) {
     let Some(rep) = ctx.replicating() else {
         return;
     };
     let now = crate::clock::now_ms();
-    let handled = rep.hub.borrow_mut().handle(now, sender, epoch, payload);
-    match handled {
-        Ok(events) => {
-            if !events.is_empty() {
-                rep.apply(&ctx.control, events);
+    let received = {
+        let mut reg = ctx.control.registry.borrow_mut();
+        rep.hub
+            .borrow_mut()
+            .receive(&mut reg, now, sender, epoch, payload)
+    };
+    match received {
+        Ok(r) => {
+            if let Some(store) = &ctx.control.store {
+                for rec in &r.records {
+                    store.append(rec);
+                }
+            }
+            if r.changed > 0 {
+                rep.remote_changes
+                    .set(rep.remote_changes.get() + r.changed as u64);
+                rep.to_publish.notify();
             }
         }
         Err(e) => {

@@ -9,7 +9,9 @@
 //!   restores its versions and merges correctly with its peers.
 //! - Remote changes are applied with [`Registry::apply_remote`], [`Registry::deregister`] and
 //!   [`Registry::remote_heartbeat`]; the records those journal go to the store only (never
-//!   back into the replica, which would echo them as new local writes).
+//!   back into the replica, which would echo them as new local writes). A datagram is judged
+//!   only after the local changes still in the journal are replicated ([`Replication::receive`]),
+//!   or the registry could take a remote write the replica then overrides with the local one.
 //! - Peers are membership's live members, by node name ([`NodeId::from_name`]). A member
 //!   whose boot epoch changed restarted: it is dropped and added again, which starts a full
 //!   sync with it at once.
@@ -50,6 +52,17 @@ pub struct HubStats {
     pub applied_upserts: u64,
     pub applied_deletes: u64,
     pub applied_beats: u64,
+}
+
+/// What [`Replication::receive`] did.
+#[derive(Debug)]
+pub struct Received {
+    /// For the store: first the local changes it replicated, then the remote ones applied.
+    pub records: Vec<Record>,
+    /// How many of `records` are local changes.
+    pub local: usize,
+    /// Remote changes that changed the registry (a publish is due when > 0).
+    pub changed: usize,
 }
 
 /// The replica and the membership it serves.
@@ -155,6 +168,37 @@ impl Replication {
             }
         }
         changed
+    }
+
+    /// Handles one authenticated datagram from member `sender` (boot `epoch`) and applies its
+    /// decisions to the registry. Local changes still in the registry's journal are replicated
+    /// first, so that the datagram is judged against them: judged against the state before
+    /// them, an older remote write would overwrite the registry while the replica (given the
+    /// local change next) kept the local one. Returns the records for the store.
+    pub fn receive(
+        &mut self,
+        reg: &mut Registry,
+        now_ms: u64,
+        sender: &str,
+        epoch: u64,
+        payload: &[u8],
+    ) -> Result<Received, WireError> {
+        let mut records = reg.take_journal();
+        self.local(&mut records, now_ms);
+        let events = self.handle(now_ms, sender, epoch, payload)?;
+        let changed = self.apply(reg, events, now_ms);
+        let start = records.len();
+        records.extend(reg.take_journal());
+        for r in &mut records[start..] {
+            if let Record::Put(b) = r {
+                self.stamp(b);
+            }
+        }
+        Ok(Received {
+            records,
+            local: start,
+            changed,
+        })
     }
 
     /// Handles one authenticated datagram from member `sender` (boot `epoch`).
@@ -276,16 +320,13 @@ mod tests {
             self.reg.publish_if_dirty();
         }
 
+        /// What the sync driver does with a datagram.
         fn receive(&mut self, now: u64, sender: &str, payload: &[u8]) {
-            let events = self.rep.handle(now, sender, 1, payload).unwrap();
-            self.rep.apply(&mut self.reg, events, now);
-            let mut recs = self.reg.take_journal();
-            for r in &mut recs {
-                if let Record::Put(b) = r {
-                    self.rep.stamp(b);
-                }
-            }
-            self.stored.extend(recs);
+            let received = self
+                .rep
+                .receive(&mut self.reg, now, sender, 1, payload)
+                .unwrap();
+            self.stored.extend(received.records);
             self.reg.publish_if_dirty();
         }
     }
@@ -369,6 +410,50 @@ mod tests {
         }
         // Nothing echoed: one version per change.
         assert_eq!(hubs[1].rep.replica.stats().stale, 0);
+    }
+
+    #[test]
+    fn a_local_change_not_yet_committed_is_replicated_before_a_remote_one_is_judged() {
+        let names = ["hub-a", "hub-b"];
+        let mut hubs: Vec<Hub> = names.iter().map(|n| Hub::new(n)).collect();
+        let addr: SocketAddr = "127.0.0.1:4002".parse().unwrap();
+        let members: Vec<(String, SocketAddr)> =
+            names.iter().map(|n| (n.to_string(), addr)).collect();
+        for h in &mut hubs {
+            h.rep.set_members(&members, 0);
+        }
+        pump(&mut hubs, &names, 0);
+        let spec = |ip: &str| BackendSpec::new("x", "app", "sa", ip.parse().unwrap(), 80);
+        hubs[0].reg.register(spec("10.0.0.1"), 1);
+        hubs[0].commit_local(1);
+        pump(&mut hubs, &names, 2);
+        // B changes x (registry done, journal not yet handed over: the API is waiting for
+        // its group commit) while A's newer-than-B-knows change... is A's own next write.
+        hubs[1].reg.register(spec("10.0.0.2"), 3);
+        hubs[0].reg.register(spec("10.0.0.3"), 3);
+        hubs[0].commit_local(3);
+        // A's datagram reaches B before B's API commits.
+        while let Some(t) = hubs[0].rep.replica.poll_transmit(4) {
+            hubs[1].receive(4, "hub-a", &t.payload);
+        }
+        hubs[1].commit_local(5);
+        pump(&mut hubs, &names, 6);
+        // Whoever won, both registries hold what both replicas hold.
+        let winner = hubs[0].rep.replica.get("x").unwrap().clone();
+        for h in &hubs {
+            assert_eq!(h.rep.replica.get("x").unwrap(), &winner);
+            let ip = h.cell.load().find("x").unwrap().ip.to_string();
+            let want = decode(winner.value.as_ref().unwrap())
+                .unwrap()
+                .ip
+                .to_string();
+            assert_eq!(
+                ip,
+                want,
+                "the registry of {} disagrees with its replica",
+                h.rep.name()
+            );
+        }
     }
 
     #[test]
