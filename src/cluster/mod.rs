@@ -137,8 +137,7 @@ impl ClusterConfig {
             c.suspect_to_down_after = s;
         }
         // Room for the envelope within a WireGuard MTU (1420 - 28 bytes of IP and UDP).
-        c.max_packet_size =
-            std::num::NonZeroUsize::new(1392 - auth::MAX_OVERHEAD).expect("nonzero");
+        c.max_packet_size = std::num::NonZeroUsize::new(sync::MAX_PAYLOAD).expect("nonzero");
         c
     }
 }

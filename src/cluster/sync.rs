@@ -14,6 +14,17 @@
 //!   [`ClusterState::sync_status`](super::ClusterState) for what `GET /api/v1/cluster` shows.
 //!
 //! Until then every datagram is authenticated, counted and otherwise ignored.
+//!
+//! Three things to keep when plugging in:
+//! - A periodic task must be its own glommio task (`glommio::spawn_local`, it inherits the
+//!   cluster queue), never `future::or`-ed with [`serve`]'s receive: glommio socket futures keep
+//!   a waker clone per poll, and a receive re-polled by a sibling timer overflows the task's
+//!   reference count (see [`super::driver::run`]).
+//! - The envelope proves a datagram was sealed with the cluster key by the node it names; it
+//!   does not prove that node is a live member. Check `sender` against [`SyncCtx::peers`] when
+//!   that matters.
+//! - Keep a datagram's payload within [`MAX_PAYLOAD`] so the sealed datagram fits a WireGuard
+//!   MTU without IP fragmentation.
 
 use super::auth::{channel, Drop, Keyring};
 use super::driver::ClusterState;
@@ -25,6 +36,10 @@ use std::time::Duration;
 
 /// Largest datagram read.
 const RECV_BUFFER: usize = 64 * 1024;
+
+/// Largest payload whose sealed datagram fits in a WireGuard MTU (1420 - 28 bytes of IPv4 and
+/// UDP) with the longest node id.
+pub const MAX_PAYLOAD: usize = 1392 - super::auth::MAX_OVERHEAD;
 
 /// Everything the sync port's driver has.
 pub struct SyncCtx {
@@ -56,7 +71,7 @@ pub async fn send(ctx: &SyncCtx, to: SocketAddr, payload: &[u8], out: &mut Vec<u
 }
 
 /// One authenticated sync datagram from member `sender` (boot `epoch`).
-async fn on_datagram(ctx: &SyncCtx, sender: &str, epoch: u64, payload: &[u8]) {
+pub async fn on_datagram(ctx: &SyncCtx, sender: &str, epoch: u64, payload: &[u8]) {
     // REPLICATE: hand (sender, epoch, payload) to the replication state machine here.
     let _ = ctx;
     log::trace!(
