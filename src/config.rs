@@ -479,7 +479,8 @@ pub struct Args {
 
     /// IP address other hubs reach this one at (gossip and sync ports are the bound ones).
     /// Default: the gossip address when it is not 0.0.0.0/::, else the local address of the
-    /// route to the first bootstrap peer, else the first non-loopback interface address.
+    /// route to the first bootstrap peer, else of the default route, else the first
+    /// non-loopback interface address.
     #[arg(long, env = "EDGEPROXY_ADVERTISE_ADDR")]
     pub advertise_addr: Option<std::net::IpAddr>,
 
