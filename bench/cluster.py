@@ -81,11 +81,16 @@ def states(api):
 
 
 def gossip_bytes(api):
-    total = 0.0
+    """(bytes, datagrams) in+out of the gossip port so far."""
+    total, count = 0.0, 0.0
     for line in get(api, "/metrics").splitlines():
-        if line.startswith("edgeproxy_cluster_bytes_total") and 'port="gossip"' in line:
+        if 'port="gossip"' not in line:
+            continue
+        if line.startswith("edgeproxy_cluster_bytes_total"):
             total += float(line.rsplit(" ", 1)[1])
-    return total
+        elif line.startswith("edgeproxy_cluster_datagrams_total"):
+            count += float(line.rsplit(" ", 1)[1])
+    return total, count
 
 
 def wait(what, cond, within=30.0):
@@ -146,8 +151,10 @@ def main():
         time.sleep(REST)
         after = [gossip_bytes(x) for x in apis]
         el = time.time() - t0
-        for name, b0, b1 in zip("abc", before, after):
-            log(f"gossip at rest, hub-{name}: {(b1 - b0) / el:.0f} B/s in+out (UDP payload)")
+        for name, (b0, n0), (b1, n1) in zip("abc", before, after):
+            rate = (n1 - n0) / el
+            log(f"gossip at rest, hub-{name}: {(b1 - b0) / el:.0f} B/s in+out of UDP payload, "
+                f"{rate:.1f} datagrams/s, {(b1 - b0) / el + 28 * rate:.0f} B/s with IPv4+UDP headers")
 
         lat_rest = register_latency(fa["api"], "cluster-at-rest")
         stop = threading.Event()

@@ -3,7 +3,8 @@
 //! edgeProxy v0.4's variable names keep working (`EDGEPROXY_LISTEN_ADDR`,
 //! `EDGEPROXY_API_LISTEN_ADDR`, `EDGEPROXY_DNS_LISTEN_ADDR`, `EDGEPROXY_DNS_DOMAIN`,
 //! `EDGEPROXY_REGION`, `EDGEPROXY_HEARTBEAT_TTL_SECS`, `EDGEPROXY_API_ENABLED`,
-//! `EDGEPROXY_DNS_ENABLED`, `DEBUG`). v0.4 settings that no longer mean anything here
+//! `EDGEPROXY_DNS_ENABLED`, `DEBUG`, and for the cluster `EDGEPROXY_REPLICATION_ENABLED`,
+//! `_GOSSIP_ADDR`, `_TRANSPORT_ADDR`, `_BOOTSTRAP_PEERS`, `_NODE_ID`, `_CLUSTER_NAME`). v0.4 settings that no longer mean anything here
 //! (`EDGEPROXY_DB_PATH`, `EDGEPROXY_DB_RELOAD_SECS`, `EDGEPROXY_BINDING_*`) are accepted and
 //! ignored with a warning, so an existing environment file starts the hub unchanged.
 //!
@@ -478,7 +479,8 @@ pub struct Args {
 
     /// IP address other hubs reach this one at (gossip and sync ports are the bound ones).
     /// Default: the gossip address when it is not 0.0.0.0/::, else the local address of the
-    /// route to the first bootstrap peer, else the first non-loopback interface address.
+    /// route to the first bootstrap peer, else of the default route, else the first
+    /// non-loopback interface address.
     #[arg(long, env = "EDGEPROXY_ADVERTISE_ADDR")]
     pub advertise_addr: Option<std::net::IpAddr>,
 

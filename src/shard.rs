@@ -767,8 +767,7 @@ async fn run_shard(
             let now = crate::clock::now_ms();
             let wall_offset = crate::clock::unix_ms() as i64 - now as i64;
             let replica_cfg = crate::cluster::replicate::Config {
-                max_payload: crate::cluster::sync::MAX_DATAGRAM
-                    - crate::cluster::auth::MAX_OVERHEAD,
+                max_payload: crate::cluster::sync::MAX_PAYLOAD,
                 anti_entropy_ms: c.anti_entropy.as_millis() as u64,
                 tombstone_horizon_ms: c.tombstone_horizon.as_millis() as u64,
                 ..Default::default()

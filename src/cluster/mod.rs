@@ -147,16 +147,16 @@ impl ClusterConfig {
             c.suspect_to_down_after = s;
         }
         // Room for the envelope within a WireGuard MTU (1420 - 28 bytes of IP and UDP).
-        c.max_packet_size =
-            std::num::NonZeroUsize::new(1392 - auth::MAX_OVERHEAD).expect("nonzero");
+        c.max_packet_size = std::num::NonZeroUsize::new(sync::MAX_PAYLOAD).expect("nonzero");
         c
     }
 }
 
 /// The address other hubs reach this one at: --advertise-addr; else the bound gossip address
 /// when it is a specific one; else the local end of the route to the first bootstrap peer that
-/// resolves (no packet is sent); else the first non-loopback interface address. Never
-/// 0.0.0.0/::. Blocking (name resolution): for the main thread at startup only.
+/// resolves (no packet is sent); else the local end of the default route; else the first
+/// non-loopback interface address. Never 0.0.0.0/::. Blocking (name resolution): for the main
+/// thread at startup only.
 pub fn advertise_ip(cfg: &ClusterConfig, bound_gossip: SocketAddr) -> Result<IpAddr, String> {
     if let Some(ip) = cfg.advertise_ip {
         return Ok(ip);
@@ -164,28 +164,31 @@ pub fn advertise_ip(cfg: &ClusterConfig, bound_gossip: SocketAddr) -> Result<IpA
     if !bound_gossip.ip().is_unspecified() {
         return Ok(bound_gossip.ip());
     }
+    // The kernel's choice of source address toward `to`: a route lookup, no packet is sent.
+    let route_from = |to: SocketAddr| -> Option<IpAddr> {
+        let local = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+        let s = std::net::UdpSocket::bind(local).ok()?;
+        s.connect(to).ok()?;
+        let ip = s.local_addr().ok()?.ip();
+        (!ip.is_unspecified()).then_some(ip)
+    };
     for peer in &cfg.bootstrap_peers {
         use std::net::ToSocketAddrs;
         let Ok(addrs) = peer.to_socket_addrs() else {
             continue;
         };
-        for addr in addrs {
-            let local = if addr.is_ipv4() {
-                "0.0.0.0:0"
-            } else {
-                "[::]:0"
-            };
-            let Ok(s) = std::net::UdpSocket::bind(local) else {
-                continue;
-            };
-            if s.connect(addr).is_ok() {
-                if let Ok(l) = s.local_addr() {
-                    if !l.ip().is_unspecified() {
-                        return Ok(l.ip());
-                    }
-                }
-            }
+        if let Some(ip) = addrs.into_iter().find_map(route_from) {
+            return Ok(ip);
         }
+    }
+    // The address of the default route (toward TEST-NET-1 / the documentation prefix): needs
+    // no netlink, which the systemd unit's RestrictAddressFamilies= does not allow.
+    let documentation: [SocketAddr; 2] = [
+        "192.0.2.1:9".parse().expect("literal"),
+        "[2001:db8::1]:9".parse().expect("literal"),
+    ];
+    if let Some(ip) = documentation.into_iter().find_map(route_from) {
+        return Ok(ip);
     }
     crate::sys::first_interface_addr().ok_or_else(|| {
         format!(

@@ -15,6 +15,10 @@
 //! Both the receive and the send loop offer the scheduler a switch after every datagram
 //! (`yield_if_needed`): a burst of sync traffic never runs past the API queue's latency bound.
 //!
+//! Any datagram sealed with the cluster key by the node it names is merged, member or not yet
+//! (a hub that joined a moment ago, a delayed datagram of one just declared down): its records
+//! are as valid as anyone's under last-writer-wins. Answers go to live members only.
+//!
 //! Local changes enter through `Control::persist_journal` (the registry's journal, which the
 //! store persists as well), which wakes the send task.
 
@@ -34,6 +38,9 @@ const RECV_BUFFER: usize = 64 * 1024;
 /// Largest sealed datagram sent: fits a WireGuard MTU (1420 - 28 bytes of IP and UDP), like
 /// gossip's.
 pub const MAX_DATAGRAM: usize = 1392;
+/// Largest payload whose sealed datagram fits in [`MAX_DATAGRAM`] with the longest node id:
+/// the replica's `max_payload`.
+pub const MAX_PAYLOAD: usize = MAX_DATAGRAM - super::auth::MAX_OVERHEAD;
 
 /// A single-waiter, single-threaded wake-up: set, then wakes whoever waits.
 #[derive(Default)]
