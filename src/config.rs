@@ -3,7 +3,8 @@
 //! edgeProxy v0.4's variable names keep working (`EDGEPROXY_LISTEN_ADDR`,
 //! `EDGEPROXY_API_LISTEN_ADDR`, `EDGEPROXY_DNS_LISTEN_ADDR`, `EDGEPROXY_DNS_DOMAIN`,
 //! `EDGEPROXY_REGION`, `EDGEPROXY_HEARTBEAT_TTL_SECS`, `EDGEPROXY_API_ENABLED`,
-//! `EDGEPROXY_DNS_ENABLED`, `DEBUG`). v0.4 settings that no longer mean anything here
+//! `EDGEPROXY_DNS_ENABLED`, `DEBUG`, and for the cluster `EDGEPROXY_REPLICATION_ENABLED`,
+//! `_GOSSIP_ADDR`, `_TRANSPORT_ADDR`, `_BOOTSTRAP_PEERS`, `_NODE_ID`, `_CLUSTER_NAME`). v0.4 settings that no longer mean anything here
 //! (`EDGEPROXY_DB_PATH`, `EDGEPROXY_DB_RELOAD_SECS`, `EDGEPROXY_BINDING_*`) are accepted and
 //! ignored with a warning, so an existing environment file starts the hub unchanged.
 //!
@@ -112,6 +113,15 @@ pub struct TlsConfig {
     pub session_cache: usize,
     /// PROXY v2 toward every TLS backend (else per route).
     pub proxy_protocol: bool,
+}
+
+/// Gossip timing presets (foca's, derived from memberlist's LAN and WAN defaults).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum GossipProfile {
+    /// Probe every second, 500 ms round trip, suspicion of a few seconds.
+    Lan,
+    /// Probe every 5 s, 3 s round trip, suspicion of tens of seconds.
+    Wan,
 }
 
 /// When to forward with `splice(2)` instead of copying through a buffer.
@@ -532,6 +542,99 @@ pub struct Args {
     #[arg(long, env = "EDGEPROXY_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
 
+    /// Join a cluster of hubs: gossip membership on --gossip-addr (udp) and registry sync on
+    /// --sync-addr (udp). On by default, even for a hub alone; `false` binds neither.
+    #[arg(long, env = "EDGEPROXY_REPLICATION_ENABLED", default_value = "true", value_parser = parse_bool, action = clap::ArgAction::Set)]
+    pub replication_enabled: bool,
+
+    /// Address of cluster membership gossip (SWIM, udp).
+    #[arg(
+        long,
+        env = "EDGEPROXY_REPLICATION_GOSSIP_ADDR",
+        default_value = "0.0.0.0:4001"
+    )]
+    pub gossip_addr: SocketAddr,
+
+    /// Address of registry sync between hubs (udp).
+    #[arg(
+        long,
+        env = "EDGEPROXY_REPLICATION_TRANSPORT_ADDR",
+        default_value = "0.0.0.0:4002"
+    )]
+    pub sync_addr: SocketAddr,
+
+    /// Gossip addresses (HOST:PORT, comma-separated) of hubs to join through; retried until one
+    /// answers. Host names are resolved off the shards and re-resolved on every retry.
+    #[arg(
+        long,
+        env = "EDGEPROXY_REPLICATION_BOOTSTRAP_PEERS",
+        value_delimiter = ','
+    )]
+    pub bootstrap_peers: Vec<String>,
+
+    /// This hub's node id in the cluster (at most 64 bytes). Default: the host name.
+    #[arg(long, env = "EDGEPROXY_REPLICATION_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// Cluster name: hubs of another cluster are ignored (it is authenticated in every datagram).
+    #[arg(
+        long,
+        env = "EDGEPROXY_REPLICATION_CLUSTER_NAME",
+        default_value = "edgeproxy"
+    )]
+    pub cluster_name: String,
+
+    /// IP address other hubs reach this one at (gossip and sync ports are the bound ones).
+    /// Default: the gossip address when it is not 0.0.0.0/::, else the local address of the
+    /// route to the first bootstrap peer, else of the default route, else the first
+    /// non-loopback interface address.
+    #[arg(long, env = "EDGEPROXY_ADVERTISE_ADDR")]
+    pub advertise_addr: Option<std::net::IpAddr>,
+
+    /// Cluster key(s): base64 of 32 random bytes (`openssl rand -base64 32`), comma-separated
+    /// for rotation (the first seals, all open). Unset: datagrams are not authenticated (warned).
+    #[arg(long, env = "EDGEPROXY_CLUSTER_KEY", hide_env_values = true)]
+    pub cluster_key: Option<String>,
+
+    /// Gossip timings: lan (probe every 1 s) or wan (probe every 5 s, longer suspicion).
+    #[arg(
+        long,
+        env = "EDGEPROXY_GOSSIP_PROFILE",
+        value_enum,
+        default_value = "lan"
+    )]
+    pub gossip_profile: GossipProfile,
+
+    /// Milliseconds between probes of a random member (overrides the profile).
+    #[arg(long, env = "EDGEPROXY_GOSSIP_PROBE_INTERVAL_MS", value_parser = clap::value_parser!(u64).range(10..))]
+    pub gossip_probe_interval_ms: Option<u64>,
+
+    /// Milliseconds a suspected member has to refute before it is declared down (overrides the
+    /// profile).
+    #[arg(long, env = "EDGEPROXY_GOSSIP_SUSPECT_TIMEOUT_MS", value_parser = clap::value_parser!(u64).range(10..))]
+    pub gossip_suspect_timeout_ms: Option<u64>,
+
+    /// Milliseconds between anti-entropy rounds of registry sync (each compares this hub's
+    /// registry with one random peer's: a 19-byte datagram when they agree).
+    #[arg(
+        long,
+        env = "EDGEPROXY_SYNC_ANTI_ENTROPY_MS",
+        default_value_t = 1000,
+        value_parser = clap::value_parser!(u64).range(10..=600_000)
+    )]
+    pub sync_anti_entropy_ms: u64,
+
+    /// Seconds a deletion (tombstone) is remembered by registry sync. A hub away longer than
+    /// this may bring deleted backends back, so it must be longer than any outage or partition
+    /// after which a hub rejoins with its old state; and at least --heartbeat-ttl-secs plus
+    /// --expiry-grace-secs, so that such a backend is then expired and swept at once.
+    #[arg(
+        long,
+        env = "EDGEPROXY_SYNC_TOMBSTONE_HORIZON_SECS",
+        default_value_t = 86_400
+    )]
+    pub sync_tombstone_horizon_secs: u64,
+
     // --- edgeProxy v0.4 settings that no longer apply; accepted so old environments still work.
     #[arg(long, env = "EDGEPROXY_DB_PATH", hide = true)]
     pub legacy_db_path: Option<String>,
@@ -608,6 +711,8 @@ pub struct Config {
     pub api_auth: crate::api::auth::Auth,
     /// Where the registry is persisted; `None` = in memory only.
     pub state_dir: Option<std::path::PathBuf>,
+    /// Cluster membership and sync; `None` when replication is off.
+    pub cluster: Option<crate::cluster::ClusterConfig>,
     /// Settings that were given but no longer apply (warned about at startup).
     pub ignored: Vec<&'static str>,
 }
@@ -680,6 +785,24 @@ impl Config {
         {
             return Err(ConfigError("connection limits must be at least 1".into()));
         }
+        if args.replication_enabled
+            && args.heartbeat_ttl_secs > 0
+            && args.sync_tombstone_horizon_secs
+                < args
+                    .heartbeat_ttl_secs
+                    .saturating_add(args.expiry_grace_secs)
+        {
+            return Err(ConfigError(format!(
+                "--sync-tombstone-horizon-secs ({}) must be at least --heartbeat-ttl-secs plus --expiry-grace-secs ({}): a hub back from a longer absence could otherwise serve deleted backends again",
+                args.sync_tombstone_horizon_secs,
+                args.heartbeat_ttl_secs.saturating_add(args.expiry_grace_secs)
+            )));
+        }
+        let cluster = if args.replication_enabled {
+            Some(crate::cluster::ClusterConfig::from_args(&args).map_err(ConfigError)?)
+        } else {
+            None
+        };
         let mut map_entries = Vec::new();
         if let Some(path) = &args.region_map_file {
             let text = std::fs::read_to_string(path).map_err(|e| {
@@ -857,6 +980,7 @@ impl Config {
                 (true, Some(dir)) => Some(dir),
                 (true, None) => Some(default_state_dir()),
             },
+            cluster,
             ignored,
         })
     }
@@ -869,6 +993,8 @@ impl Config {
             "--api-listen-addr=127.0.0.1:0",
             "--dns-listen-addr=127.0.0.1:0",
             "--tls-listen-addr=127.0.0.1:0",
+            "--gossip-addr=127.0.0.1:0",
+            "--sync-addr=127.0.0.1:0",
             "--persist=false",
         ]);
         let allowed = allowed_cpus();

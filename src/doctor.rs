@@ -472,6 +472,10 @@ pub fn listeners(cfg: &Config) -> Vec<(String, SocketAddr, Proto)> {
         out.push(("dns".into(), dns, Proto::Udp));
         out.push(("dns".into(), dns, Proto::Tcp));
     }
+    if let Some(c) = &cfg.cluster {
+        out.push(("cluster gossip".into(), c.gossip_addr, Proto::Udp));
+        out.push(("cluster sync".into(), c.sync_addr, Proto::Udp));
+    }
     out
 }
 

@@ -25,6 +25,8 @@
 //! - [`tls`]: TLS on 8443: rustls termination, certificates by SNI, SNI routing, passthrough.
 //! - [`live`]: what SIGHUP changes without a restart (TCP route listeners, TLS routes), swapped
 //!   like the snapshot.
+//! - [`cluster`]: hubs that know each other: SWIM membership on 4001/udp, registry sync on
+//!   4002/udp, every datagram authenticated with the cluster key.
 //! - [`shard`]: spawning pinned executors, binding listeners on every shard, startup errors.
 //! - [`notify`]: systemd readiness and watchdog (`sd_notify`), off the shards.
 //! - [`doctor`]: `edgeproxy doctor`, the machine against `tuning/` and the configuration.
@@ -34,6 +36,7 @@
 
 pub mod api;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod dns;
 pub mod doctor;

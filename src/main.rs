@@ -105,6 +105,15 @@ fn main() -> ExitCode {
             );
         }
     }
+    if let Some(c) = &cfg.cluster {
+        if c.keys.is_empty() {
+            log::warn!(
+                "cluster: no EDGEPROXY_CLUSTER_KEY: gossip and sync datagrams are not authenticated (\"no key\" mode); anyone who reaches {} or {} can join and change the registry. Set a key (`openssl rand -base64 32`) on every hub",
+                c.gossip_addr,
+                c.sync_addr
+            );
+        }
+    }
     let log_cfg = cfg.clone();
     // Signals are taken by this thread alone (sigwait below), never by a shard: block them
     // before the shards start so they inherit the mask.
@@ -122,7 +131,7 @@ fn main() -> ExitCode {
     };
     edgeproxy::shard::log_listeners(&log_cfg, &hub.addrs);
     log::info!(
-        "ready: proxy={} api={} dns={} tls={} passthrough={} routes={} shards={} region={}",
+        "ready: proxy={} api={} dns={} tls={} passthrough={} routes={} gossip={} sync={} shards={} region={}",
         hub.addrs.proxy,
         hub.addrs
             .api
@@ -148,6 +157,14 @@ fn main() -> ExitCode {
             .map(|(a, app)| format!("{a}/{app}"))
             .collect::<Vec<_>>()
             .join(","),
+        hub.addrs
+            .gossip
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "off".into()),
+        hub.addrs
+            .sync
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "off".into()),
         log_cfg.shards,
         log_cfg.region
     );
@@ -226,6 +243,7 @@ fn main() -> ExitCode {
                     &metrics,
                     log_cfg.drain_timeout,
                     log_cfg.api_listen_addr.is_some(),
+                    log_cfg.cluster.is_some(),
                     log_cfg.state_dir.as_deref(),
                 );
             }
@@ -239,12 +257,13 @@ fn main() -> ExitCode {
 
 const SIGNALS: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
 
-/// Stops accepting, waits for open forwarded connections and the registry flush (bounded by
-/// `timeout`), then exits 0. A second SIGTERM/SIGINT exits at once.
+/// Stops accepting, waits for open forwarded connections, the registry flush and the cluster
+/// leave (bounded by `timeout`), then exits 0. A second SIGTERM/SIGINT exits at once.
 fn drain(
     metrics: &Metrics,
     timeout: Duration,
     has_registry: bool,
+    in_cluster: bool,
     state_dir: Option<&std::path::Path>,
 ) -> ExitCode {
     shutdown::begin();
@@ -258,7 +277,8 @@ fn drain(
     loop {
         let active: i64 = metrics.shards.iter().map(|m| m.proxy_active.get()).sum();
         let flushed = shutdown::flushed() || !has_registry;
-        if active <= 0 && flushed {
+        let left = shutdown::left() || !in_cluster;
+        if active <= 0 && flushed && left {
             log::info!("drained: exiting");
             return ExitCode::SUCCESS;
         }

@@ -78,6 +78,9 @@ pub struct BoundAddrs {
     pub tls: Option<SocketAddr>,
     /// The TLS passthrough listeners.
     pub tls_passthrough: Vec<SocketAddr>,
+    /// Cluster gossip and sync (udp, API shard); `None` when replication is off.
+    pub gossip: Option<SocketAddr>,
+    pub sync: Option<SocketAddr>,
 }
 
 /// One shard's sockets, bound and listening, not yet handed to glommio.
@@ -90,6 +93,9 @@ struct ShardSockets {
     api: Option<Socket>,
     /// (listener, passthrough only)
     tls: Vec<(Socket, bool)>,
+    /// Cluster gossip and sync sockets (shard 0 only).
+    gossip: Option<Socket>,
+    sync: Option<Socket>,
 }
 
 fn bind_error(what: &str, addr: SocketAddr, err: io::Error) -> StartError {
@@ -134,6 +140,18 @@ fn udp_socket(addr: SocketAddr) -> io::Result<Socket> {
     }
     // A burst of queries must not overflow the receive queue; best effort (capped by rmem_max).
     sock.set_recv_buffer_size(4 << 20).ok();
+    sock.bind(&SockAddr::from(addr))?;
+    Ok(sock)
+}
+
+/// A UDP socket of the cluster: no SO_REUSEPORT, so a second hub on the same port is refused
+/// at startup instead of silently sharing (and splitting) its datagrams.
+fn udp_exclusive(addr: SocketAddr) -> io::Result<Socket> {
+    let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        sock.set_only_v6(false).ok();
+    }
+    sock.set_recv_buffer_size(1 << 20).ok();
     sock.bind(&SockAddr::from(addr))?;
     Ok(sock)
 }
@@ -354,6 +372,23 @@ fn bind_all(
             tls_passthrough.push(bound);
         }
     }
+    let (mut gossip, mut sync) = (None, None);
+    if let Some(c) = &cfg.cluster {
+        let mut bind = |what: &str, kind: &str, addr: SocketAddr| {
+            let sock = match binder.take(kind, addr, 0) {
+                Some(sock) => sock,
+                None => udp_exclusive(addr).map_err(|e| bind_error(what, addr, e))?,
+            };
+            let bound = local_addr(&sock).map_err(|e| bind_error(what, addr, e))?;
+            Ok::<_, StartError>((bound, sock))
+        };
+        let (g, gs) = bind("cluster gossip (udp)", "gossip", c.gossip_addr)?;
+        let (y, ys) = bind("cluster sync (udp)", "sync", c.sync_addr)?;
+        shards[0].gossip = Some(gs);
+        shards[0].sync = Some(ys);
+        gossip = Some(g);
+        sync = Some(y);
+    }
     let api = match cfg.api_listen_addr {
         Some(addr) => {
             let (bound, mut socks) = bind_tcp_n("the API", "api", addr, 1, 1024, binder)?;
@@ -371,6 +406,8 @@ fn bind_all(
             dns,
             tls,
             tls_passthrough,
+            gossip,
+            sync,
         },
         shards,
     ))
@@ -598,7 +635,12 @@ pub fn start(cfg: Config) -> Result<Hub, StartError> {
         tls: startup.tls.clone(),
         health: startup.health.clone(),
     }));
+    let cluster = match (&cfg.cluster, addrs.gossip, addrs.sync) {
+        (Some(c), Some(gossip), Some(sync)) => Some(cluster_start(c, gossip, sync)?),
+        _ => None,
+    };
     let cfg = Arc::new(cfg);
+    let mut cluster = cluster;
     let cell = Arc::new(SnapshotCell::new());
     // The registry is built (and restored from disk) before any shard runs, so no shard ever
     // answers from an empty snapshot after a restart; it then moves to the API shard.
@@ -627,6 +669,9 @@ pub fn start(cfg: Config) -> Result<Hub, StartError> {
                 r.backends.len(),
                 dir.display()
             );
+            if let Some(c) = cluster.as_mut() {
+                c.restored = r.backends.values().cloned().collect();
+            }
             registry.restore(
                 std::mem::take(&mut r.backends).into_values(),
                 crate::clock::now_ms(),
@@ -639,6 +684,10 @@ pub fn start(cfg: Config) -> Result<Hub, StartError> {
             None
         }
     };
+    if cluster.is_some() {
+        // Replication reads local changes from the journal, persisted or not.
+        registry.enable_journal();
+    }
     registry.publish();
     let mut registry = Some(registry);
     let started_unix_ms = crate::clock::unix_ms();
@@ -655,8 +704,13 @@ pub fn start(cfg: Config) -> Result<Hub, StartError> {
             all_metrics: all_metrics.clone(),
             live: live.clone(),
         };
-        let control =
-            (id == 0).then(|| (registry.take().expect("one API shard"), recovered.take()));
+        let control = (id == 0).then(|| {
+            (
+                registry.take().expect("one API shard"),
+                recovered.take(),
+                cluster.take(),
+            )
+        });
         let ready = ready_tx.clone();
         let tls = tls.clone();
         glommio::set_coop_taskrun(cfg.io_uring_coop_taskrun);
@@ -700,6 +754,57 @@ pub fn start(cfg: Config) -> Result<Hub, StartError> {
     })
 }
 
+/// What the API shard needs to run the cluster, prepared on the main thread (where blocking
+/// is allowed: the advertised address may need a route lookup or name resolution).
+pub struct ClusterStart {
+    me: crate::cluster::membership::Node,
+    gossip_bound: SocketAddr,
+    sync_bound: SocketAddr,
+    peers: Arc<arc_swap::ArcSwap<Vec<SocketAddr>>>,
+    seed: u64,
+    /// The backends restored from disk, with their replication versions, for the replica.
+    restored: Vec<crate::store::StoredBackend>,
+}
+
+fn cluster_start(
+    c: &crate::cluster::ClusterConfig,
+    gossip_bound: SocketAddr,
+    sync_bound: SocketAddr,
+) -> Result<ClusterStart, StartError> {
+    let ip = crate::cluster::advertise_ip(c, gossip_bound).map_err(StartError)?;
+    let me = crate::cluster::membership::Node {
+        id: c.node_id.clone(),
+        gossip: SocketAddr::new(ip, gossip_bound.port()),
+        sync: SocketAddr::new(ip, sync_bound.port()),
+        boot: crate::clock::unix_ms(),
+        bump: 0,
+    };
+    log::info!(
+        "cluster: node {} of cluster {} advertises gossip {} and sync {} ({} bootstrap peers, {} key(s))",
+        me.id,
+        c.cluster_name,
+        me.gossip,
+        me.sync,
+        c.bootstrap_peers.len(),
+        c.keys.len()
+    );
+    let mut seed = [0u8; 8];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed)
+        .map_err(|_| StartError("cannot read random bytes for gossip".into()))?;
+    let retry = c
+        .foca_config()
+        .probe_period
+        .clamp(Duration::from_millis(50), Duration::from_secs(2));
+    Ok(ClusterStart {
+        peers: crate::cluster::driver::spawn_resolver(c.bootstrap_peers.clone(), retry),
+        me,
+        gossip_bound,
+        sync_bound,
+        seed: u64::from_le_bytes(seed),
+        restored: Vec::new(),
+    })
+}
+
 /// A duplicate of every listening socket with what it is, kept for a successor (`--takeover`).
 fn describe(shards: &[ShardSockets]) -> Vec<(crate::handover::Describe, std::os::fd::OwnedFd)> {
     let mut out = Vec::new();
@@ -727,6 +832,12 @@ fn describe(shards: &[ShardSockets]) -> Vec<(crate::handover::Describe, std::os:
         }
         if let Some(sock) = &s.api {
             add("api".into(), sock, i);
+        }
+        if let Some(sock) = &s.gossip {
+            add("gossip".into(), sock, i);
+        }
+        if let Some(sock) = &s.sync {
+            add("sync".into(), sock, i);
         }
         for (sock, passthrough) in &s.tls {
             let kind = if *passthrough {
@@ -756,7 +867,11 @@ async fn run_shard(
     ctx: ShardCtx,
     socks: ShardSockets,
     tls: Option<Arc<crate::tls::TlsShared>>,
-    control: Option<(Registry, Option<crate::store::Recovered>)>,
+    control: Option<(
+        Registry,
+        Option<crate::store::Recovered>,
+        Option<ClusterStart>,
+    )>,
     ready: std::sync::mpsc::Sender<Result<usize, String>>,
 ) {
     let ctx = Rc::new(ctx);
@@ -810,7 +925,7 @@ async fn run_shard(
             glommio_tcp(sock),
         ))));
     }
-    if let Some((registry, mut recovered)) = control {
+    if let Some((registry, mut recovered, cluster_start)) = control {
         let store = match recovered {
             Some(_) => match crate::store::Store::open(&mut recovered).await {
                 Ok(store) => Some(store),
@@ -821,6 +936,16 @@ async fn run_shard(
             },
             None => None,
         };
+        let cluster = match (&ctx.cfg.cluster, &cluster_start) {
+            (Some(c), Some(start)) => Some(Rc::new(crate::cluster::ClusterState::new(
+                c,
+                start.me.clone(),
+                start.gossip_bound,
+                start.sync_bound,
+                start.seed,
+            ))),
+            _ => None,
+        };
         let control = Rc::new(crate::api::Control {
             registry: RefCell::new(registry),
             store,
@@ -828,6 +953,7 @@ async fn run_shard(
             stats: Default::default(),
             tls: tls_for_api,
             health: Default::default(),
+            cluster: cluster.clone(),
         });
         // Health checks get their own queue with a smaller share: thousands of checks in
         // flight never delay a registration, and passive ejection still runs every 10 ms.
@@ -846,6 +972,56 @@ async fn run_shard(
             Err(e) => {
                 let _ = ready.send(Err(format!("cannot start health checks on shard 0: {e}")));
                 return;
+            }
+        }
+        if let (Some(state), Some(start), Some(c)) = (&cluster, &cluster_start, &ctx.cfg.cluster) {
+            let now = crate::clock::now_ms();
+            let wall_offset = crate::clock::unix_ms() as i64 - now as i64;
+            let replica_cfg = crate::cluster::replicate::Config {
+                max_payload: crate::cluster::sync::MAX_PAYLOAD,
+                anti_entropy_ms: c.anti_entropy.as_millis() as u64,
+                tombstone_horizon_ms: c.tombstone_horizon.as_millis() as u64,
+                ..Default::default()
+            };
+            let hub = crate::cluster::replicate::hub::Replication::new(
+                &c.node_id,
+                now,
+                wall_offset,
+                &start.restored,
+                replica_cfg,
+            );
+            let _ = state
+                .replication
+                .set(Rc::new(crate::cluster::sync::Replicating::new(hub)));
+        }
+        if let (Some(state), Some(start), Some(c), Some(gossip), Some(sync)) = (
+            cluster,
+            cluster_start,
+            &ctx.cfg.cluster,
+            socks.gossip,
+            socks.sync,
+        ) {
+            // Gossip gets its own task queue with fewer shares than the API's, so a burst of
+            // cluster datagrams never delays a registration (and the other way round).
+            let queue = glommio::executor().create_task_queue(
+                glommio::Shares::Static(250),
+                glommio::Latency::Matters(Duration::from_millis(10)),
+                "cluster",
+            );
+            let sync_ctx = crate::cluster::sync::SyncCtx {
+                socket: Rc::new(glommio_udp(sync)),
+                keys: RefCell::new(crate::cluster::ClusterState::keyring(c, &start.me)),
+                state: state.clone(),
+                control: control.clone(),
+            };
+            let run =
+                crate::cluster::driver::run(state, glommio_udp(gossip), sync_ctx, start.peers);
+            match glommio::spawn_local_into(run, queue) {
+                Ok(task) => tasks.push(task),
+                Err(e) => {
+                    let _ = ready.send(Err(format!("cannot start the cluster on shard 0: {e}")));
+                    return;
+                }
             }
         }
         // The control plane runs in its own task queue with equal shares and a latency

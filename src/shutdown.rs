@@ -6,7 +6,8 @@
 //! cross-thread wake-up that needs no shared channel), its accept loops end and its listeners
 //! close, so new connections go to a new process bound beside this one (`SO_REUSEPORT`) or are
 //! refused. Open connections run to their end. The API shard makes every pending change durable
-//! and says so with [`mark_flushed`]. The main thread exits once no forwarded connection is left
+//! and says so with [`mark_flushed`]; the cluster driver leaves the cluster (tells the other
+//! hubs) and says so with [`mark_left`]. The main thread exits once no forwarded connection is left
 //! and the state is flushed, or when the drain timeout runs out. A second signal exits at once.
 
 use std::future::Future;
@@ -15,6 +16,7 @@ use std::time::Duration;
 
 static DRAINING: AtomicBool = AtomicBool::new(false);
 static FLUSHED: AtomicBool = AtomicBool::new(false);
+static LEFT: AtomicBool = AtomicBool::new(false);
 
 /// How often a shard looks at the flag.
 pub const POLL: Duration = Duration::from_millis(50);
@@ -68,4 +70,14 @@ pub fn mark_flushed() {
 /// Whether the API shard has flushed the registry since draining started.
 pub fn flushed() -> bool {
     FLUSHED.load(Ordering::SeqCst)
+}
+
+/// Called by the cluster driver once it has told the other hubs that this one leaves.
+pub fn mark_left() {
+    LEFT.store(true, Ordering::SeqCst);
+}
+
+/// Whether this hub has left its cluster since draining started.
+pub fn left() -> bool {
+    LEFT.load(Ordering::SeqCst)
 }

@@ -69,10 +69,22 @@ pub struct StoredBackend {
     /// Draining: no new connections or DNS answers (absent = false, as in older files).
     #[serde(default, skip_serializing_if = "is_false")]
     pub draining: bool,
+    /// The replication version of this state (hybrid logical clock, see
+    /// `cluster::replicate`), so that a restarted hub merges it with its peers' correctly.
+    /// 0 (absent): not replicated, or written before replication existed.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub hlc: u64,
+    /// The node that wrote this version (`cluster::replicate::NodeId`); 0 with `hlc` 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub origin: u64,
 }
 
 fn is_false(b: &bool) -> bool {
     !*b
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 impl StoredBackend {
@@ -567,6 +579,8 @@ mod tests {
             registered_unix_ms: at,
             last_heartbeat_unix_ms: at,
             draining: false,
+            hlc: 0,
+            origin: 0,
         }
     }
 

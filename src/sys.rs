@@ -421,6 +421,67 @@ pub fn try_lock_exclusive(file: &std::fs::File) -> io::Result<()> {
     Ok(())
 }
 
+/// This machine's host name (the default cluster node id).
+pub fn hostname() -> io::Result<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname writes at most that many bytes.
+    if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let len = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    Ok(String::from_utf8_lossy(&buf[..len]).into_owned())
+}
+
+/// The first IPv4 address (else IPv6) of an interface that is up and not loopback: the
+/// cluster address of a hub told nothing better.
+pub fn first_interface_addr() -> Option<std::net::IpAddr> {
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `list` with a list we free below with freeifaddrs.
+    if unsafe { libc::getifaddrs(&mut list) } != 0 {
+        return None;
+    }
+    let mut v4 = None;
+    let mut v6 = None;
+    let mut cur = list;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a node of the list getifaddrs returned, not yet freed.
+        let ifa = unsafe { &*cur };
+        cur = ifa.ifa_next;
+        let up = ifa.ifa_flags & libc::IFF_UP as u32 != 0;
+        let loopback = ifa.ifa_flags & libc::IFF_LOOPBACK as u32 != 0;
+        if !up || loopback || ifa.ifa_addr.is_null() {
+            continue;
+        }
+        // SAFETY: a non-null ifa_addr points to a sockaddr of the family it names; copying at
+        // most sizeof(sockaddr_storage) of it is what the family allows (in/in6 are smaller).
+        let family = unsafe { (*ifa.ifa_addr).sa_family } as libc::c_int;
+        let len = match family {
+            libc::AF_INET => std::mem::size_of::<libc::sockaddr_in>(),
+            libc::AF_INET6 => std::mem::size_of::<libc::sockaddr_in6>(),
+            _ => continue,
+        };
+        // SAFETY: zeroed sockaddr_storage is valid; we copy `len` bytes of the family's size.
+        let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                ifa.ifa_addr.cast::<u8>(),
+                (&mut ss as *mut libc::sockaddr_storage).cast::<u8>(),
+                len,
+            )
+        };
+        match sockaddr_to_std(&ss).map(|a| a.ip()) {
+            Some(ip @ std::net::IpAddr::V4(_)) if v4.is_none() => v4 = Some(ip),
+            Some(ip @ std::net::IpAddr::V6(v)) if v6.is_none() && !v.is_unicast_link_local() => {
+                v6 = Some(ip)
+            }
+            _ => {}
+        }
+    }
+    // SAFETY: `list` came from getifaddrs and is freed once.
+    unsafe { libc::freeifaddrs(list) };
+    v4.or(v6)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

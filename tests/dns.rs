@@ -271,7 +271,7 @@ fn a_burst_of_queries_is_answered_completely() {
                 k,
                 "answer {id} reached the wrong socket"
             );
-            let expected = if id % 5 == 0 {
+            let expected = if id.is_multiple_of(5) {
                 dns_parser::ResponseCode::NameError
             } else {
                 dns_parser::ResponseCode::NoError

@@ -12,7 +12,12 @@ fn doctor(args: &[&str], memlock: Option<u64>) -> Output {
             cmd.env_remove(k);
         }
     }
-    cmd.arg("doctor").args(args).stdin(Stdio::null());
+    // Cluster ports from the OS: the test does not depend on 4001/4002 being free here.
+    cmd.env("EDGEPROXY_REPLICATION_GOSSIP_ADDR", "127.0.0.1:0")
+        .env("EDGEPROXY_REPLICATION_TRANSPORT_ADDR", "127.0.0.1:0")
+        .arg("doctor")
+        .args(args)
+        .stdin(Stdio::null());
     if let Some(bytes) = memlock {
         // SAFETY: setrlimit is async-signal-safe; the closure touches nothing else.
         unsafe {

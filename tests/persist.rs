@@ -172,6 +172,8 @@ fn state_dir_problems_are_startup_errors() {
                 "--api-listen-addr=127.0.0.1:0",
                 "--dns-listen-addr=127.0.0.1:0",
                 "--tls-listen-addr=127.0.0.1:0",
+                "--gossip-addr=127.0.0.1:0",
+                "--sync-addr=127.0.0.1:0",
             ])
             .args(args)
             .stdin(Stdio::null())

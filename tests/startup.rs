@@ -14,7 +14,10 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
             cmd.env_remove(k);
         }
     }
-    cmd.args(args)
+    // Cluster ports from the OS unless the test says otherwise (parallel tests never share 4001).
+    cmd.env("EDGEPROXY_REPLICATION_GOSSIP_ADDR", "127.0.0.1:0")
+        .env("EDGEPROXY_REPLICATION_TRANSPORT_ADDR", "127.0.0.1:0")
+        .args(args)
         .envs(env.iter().copied())
         .stdin(Stdio::null());
     cmd.output().expect("run edgeproxy")
@@ -54,7 +57,9 @@ fn port_in_use_is_one_line_and_exit_2() {
 #[test]
 fn memlock_too_low_names_the_fix() {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_edgeproxy"));
-    cmd.args(EPHEMERAL).stdin(Stdio::null());
+    cmd.args(EPHEMERAL)
+        .args(["--gossip-addr=127.0.0.1:0", "--sync-addr=127.0.0.1:0"])
+        .stdin(Stdio::null());
     // SAFETY: setrlimit is async-signal-safe; the closure touches nothing else.
     unsafe {
         cmd.pre_exec(|| {

@@ -832,6 +832,8 @@ fn bad_certificate_files_stop_startup_with_one_line() {
                 "--api-listen-addr=127.0.0.1:0",
                 "--dns-listen-addr=127.0.0.1:0",
                 "--tls-listen-addr=127.0.0.1:0",
+                "--gossip-addr=127.0.0.1:0",
+                "--sync-addr=127.0.0.1:0",
                 "--persist=false",
                 &format!("--tls-cert={}", c.display()),
                 &format!("--tls-key={}", k.display()),

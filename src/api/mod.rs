@@ -43,20 +43,35 @@ pub struct Control {
     pub tls: Option<std::sync::Arc<crate::tls::TlsShared>>,
     /// Health-check counters (the checker, [`crate::health::check`], writes them).
     pub health: crate::health::check::Stats,
+    /// The cluster, when replication is on: for `GET /api/v1/cluster` and its metrics.
+    pub cluster: Option<Rc<crate::cluster::ClusterState>>,
 }
 
 impl Control {
-    /// Hands the registry's journal to the store (no waiting).
-    fn persist_journal(&self) {
+    /// Hands the registry's journal to replication (local changes, stamped with their
+    /// versions) and to the store (no waiting).
+    pub fn persist_journal(&self) {
+        let mut records = self.registry.borrow_mut().take_journal();
+        if records.is_empty() {
+            return;
+        }
+        if let Some(rep) = self.replication() {
+            rep.local(&mut records);
+        }
         if let Some(store) = &self.store {
-            for rec in self.registry.borrow_mut().take_journal() {
-                store.append(&rec);
+            for rec in &records {
+                store.append(rec);
             }
         }
     }
 
+    /// Registry replication, when the cluster is on.
+    pub fn replication(&self) -> Option<&Rc<crate::cluster::sync::Replicating>> {
+        self.cluster.as_ref()?.replication.get()
+    }
+
     /// Makes every change so far durable, then visible on every shard.
-    async fn commit_and_publish(&self) -> io::Result<()> {
+    pub async fn commit_and_publish(&self) -> io::Result<()> {
         let started = Instant::now();
         let changed = self.registry.borrow().is_dirty();
         self.persist_journal();
@@ -182,6 +197,7 @@ async fn connection(ctx: &ShardCtx, mut stream: TcpStream, control: &Control) ->
                         health: Some(&control.health),
                         tls: control.tls.is_some(),
                         hub_region: &cfg.region,
+                        cluster: control.cluster.as_deref(),
                     };
                     let draining = crate::shutdown::draining();
                     let resp = match control.auth.check(&req) {
@@ -407,7 +423,14 @@ pub async fn sweeper(ctx: Rc<ShardCtx>, control: Rc<Control>) {
         }
         if let Some(store) = &control.store {
             if store.wants_compaction() {
-                let image = control.registry.borrow().image();
+                let mut image = control.registry.borrow().image();
+                // Versions live in the replica: the compacted image keeps them too.
+                if let Some(rep) = control.replication() {
+                    let hub = rep.hub.borrow();
+                    for b in &mut image {
+                        hub.stamp(b);
+                    }
+                }
                 if let Err(e) = store.compact(image).await {
                     log::error!("cannot compact the registry log: {e}");
                 }

@@ -25,6 +25,227 @@ pub struct Env<'a> {
     pub tls: bool,
     /// The hub's region (for `/api/v1/route`).
     pub hub_region: &'a str,
+    /// The cluster, when replication is on.
+    pub cluster: Option<&'a crate::cluster::ClusterState>,
+}
+
+/// The cluster's members and sync status.
+pub const CLUSTER: &str = "/api/v1/cluster";
+
+/// `GET /api/v1/cluster`: this hub, every other hub it knows (state alive, suspect, down or
+/// left; incarnation; seconds since a datagram from it was last authenticated here) and the
+/// registry sync status.
+fn cluster(c: Option<&crate::cluster::ClusterState>) -> Response {
+    let Some(c) = c else {
+        return Response::json(
+            200,
+            json!({ "enabled": false, "members": [], "sync": null }),
+        );
+    };
+    let now = std::time::Instant::now();
+    let me = c.membership.borrow().me().clone();
+    let mut members: Vec<Value> = c
+        .members()
+        .into_iter()
+        .map(|m| {
+            json!({
+                "id": m.node.id,
+                "gossip_addr": m.node.gossip.to_string(),
+                "sync_addr": m.node.sync.to_string(),
+                "state": m.state.as_str(),
+                "incarnation": m.incarnation,
+                "boot_unix_ms": m.node.boot,
+                "last_seen_secs": crate::cluster::membership::age(now, m.last_seen)
+                    .map(|d| d.as_secs_f64()),
+            })
+        })
+        .collect();
+    members.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
+    let joined = c.membership.borrow().joined();
+    if let Some(rep) = c.replication.get() {
+        crate::cluster::sync::refresh_status(c, rep);
+    }
+    Response::json(
+        200,
+        json!({
+            "enabled": true,
+            "cluster": c.cluster_name,
+            "authenticated": c.keyed,
+            "joined": joined,
+            "node": {
+                "id": me.id,
+                "gossip_addr": me.gossip.to_string(),
+                "sync_addr": me.sync.to_string(),
+                "boot_unix_ms": me.boot,
+                "bump": me.bump,
+            },
+            "members": members,
+            "sync": &*c.sync_status.borrow(),
+        }),
+    )
+}
+
+fn cluster_metrics(t: &mut Text, c: &crate::cluster::ClusterState) {
+    use crate::cluster::auth::Drop;
+    use crate::cluster::membership::MemberState;
+    let ports = [("gossip", &c.gossip), ("sync", &c.sync)];
+    t.family(
+        "edgeproxy_cluster_datagrams_total",
+        "Cluster datagrams, by port and direction (in: received, before any check).",
+        "counter",
+    );
+    for (port, s) in ports {
+        t.sample(
+            "edgeproxy_cluster_datagrams_total",
+            &[("port", port), ("direction", "in")],
+            s.datagrams_in.get() as f64,
+        );
+        t.sample(
+            "edgeproxy_cluster_datagrams_total",
+            &[("port", port), ("direction", "out")],
+            s.datagrams_out.get() as f64,
+        );
+    }
+    t.family(
+        "edgeproxy_cluster_bytes_total",
+        "Cluster datagram bytes (UDP payload), by port and direction.",
+        "counter",
+    );
+    for (port, s) in ports {
+        t.sample(
+            "edgeproxy_cluster_bytes_total",
+            &[("port", port), ("direction", "in")],
+            s.bytes_in.get() as f64,
+        );
+        t.sample(
+            "edgeproxy_cluster_bytes_total",
+            &[("port", port), ("direction", "out")],
+            s.bytes_out.get() as f64,
+        );
+    }
+    t.family(
+        "edgeproxy_cluster_dropped_total",
+        "Cluster datagrams dropped, by port and reason (auth: wrong or no key, tampered; replay; wrong_cluster; malformed; own).",
+        "counter",
+    );
+    for (port, s) in ports {
+        for d in Drop::ALL {
+            t.sample(
+                "edgeproxy_cluster_dropped_total",
+                &[("port", port), ("reason", d.as_str())],
+                s.dropped[d.index()].get() as f64,
+            );
+        }
+    }
+    t.family(
+        "edgeproxy_cluster_send_errors_total",
+        "Cluster datagrams the kernel refused to send, by port.",
+        "counter",
+    );
+    for (port, s) in ports {
+        t.sample(
+            "edgeproxy_cluster_send_errors_total",
+            &[("port", port)],
+            s.send_errors.get() as f64,
+        );
+    }
+    t.family(
+        "edgeproxy_cluster_members",
+        "Other hubs known, by state.",
+        "gauge",
+    );
+    let counts = c.counts();
+    for (i, s) in MemberState::ALL.iter().enumerate() {
+        t.sample(
+            "edgeproxy_cluster_members",
+            &[("state", s.as_str())],
+            counts[i] as f64,
+        );
+    }
+    if let Some(rep) = c.replication.get() {
+        replication_metrics(t, rep);
+    }
+}
+
+/// Registry replication (`cluster::replicate`) counters.
+fn replication_metrics(t: &mut Text, rep: &crate::cluster::sync::Replicating) {
+    let hub = rep.hub.borrow();
+    let st = hub.replica.status();
+    let s = &st.stats;
+    // (name, help, type, samples of (label, value, number))
+    type Family<'a> = (&'a str, &'a str, &'a str, Vec<(&'a str, &'a str, f64)>);
+    let families: [Family; 7] = [
+        (
+            "edgeproxy_replication_messages_total",
+            "Replication messages (before the envelope), by direction.",
+            "counter",
+            vec![
+                ("direction", "out", s.sent as f64),
+                ("direction", "in", s.received as f64),
+            ],
+        ),
+        (
+            "edgeproxy_replication_dropped_total",
+            "Replication messages or records dropped, by reason (malformed; queue_full: send queue over its bound, anti-entropy repairs; spoofed: header and envelope name different nodes; undecodable: a record this hub cannot read).",
+            "counter",
+            vec![
+                ("reason", "malformed", s.malformed as f64),
+                ("reason", "queue_full", s.queue_drops as f64),
+                ("reason", "spoofed", hub.stats.spoofed as f64),
+                ("reason", "undecodable", hub.stats.undecodable as f64),
+            ],
+        ),
+        (
+            "edgeproxy_replication_merges_total",
+            "Remote records merged, by result (applied: newer than ours; stale: older than ours; conflict: replaced a different node's write; skewed_clock: from a clock beyond the tolerance, merged anyway).",
+            "counter",
+            vec![
+                ("result", "applied", s.applied as f64),
+                ("result", "stale", s.stale as f64),
+                ("result", "conflict", s.conflicts as f64),
+                ("result", "skewed_clock", s.skewed as f64),
+            ],
+        ),
+        (
+            "edgeproxy_replication_anti_entropy_total",
+            "Anti-entropy rounds started here, and rounds (started by either side) that found a difference.",
+            "counter",
+            vec![
+                ("result", "started", s.anti_entropy_rounds as f64),
+                ("result", "repaired", s.repairs as f64),
+            ],
+        ),
+        (
+            "edgeproxy_replication_entries",
+            "Replicated entries held, by kind.",
+            "gauge",
+            vec![
+                ("kind", "backend", st.entries as f64),
+                ("kind", "tombstone", st.tombstones as f64),
+            ],
+        ),
+        (
+            "edgeproxy_replication_pending",
+            "Replication datagrams waiting to be sent.",
+            "gauge",
+            vec![("queue", "send", st.queued as f64)],
+        ),
+        (
+            "edgeproxy_replication_remote_changes_total",
+            "Remote changes applied to the registry, and the publishes made for them.",
+            "counter",
+            vec![
+                ("what", "changes", rep.remote_changes.get() as f64),
+                ("what", "publishes", rep.publishes.get() as f64),
+            ],
+        ),
+    ];
+    for (name, help, kind, samples) in families {
+        t.family(name, help, kind);
+        for (label, value, v) in samples {
+            t.sample(name, &[(label, value)], v);
+        }
+    }
 }
 
 /// Reloads the TLS certificates: answered by [`crate::api`] itself, since it waits.
@@ -293,6 +514,10 @@ pub fn handle(req: &Request<'_>, reg: &mut Registry, env: &Env<'_>) -> Response 
             Method::Post => register(req, reg, env),
             _ => Response::not_allowed(req.method_str, "POST"),
         },
+        CLUSTER => match req.method {
+            Method::Get => cluster(env.cluster),
+            _ => Response::not_allowed(req.method_str, "GET"),
+        },
         // A POST with TLS on never gets here (see TLS_RELOAD).
         TLS_RELOAD if env.tls => Response::not_allowed(req.method_str, "POST"),
         ROUTE => match req.method {
@@ -398,6 +623,7 @@ pub fn route_of(path: &str) -> &'static str {
         "/api/v1/register" => "/api/v1/register",
         "/api/v1/backends" => "/api/v1/backends",
         ROUTE => ROUTE,
+        CLUSTER => CLUSTER,
         TLS_RELOAD => TLS_RELOAD,
         p if p.starts_with("/api/v1/heartbeat/") => "/api/v1/heartbeat/{id}",
         p if p.starts_with("/api/v1/backends/") && p.ends_with("/drain") => {
@@ -504,6 +730,9 @@ fn metrics(reg: &Registry, env: &Env<'_>) -> Response {
     if let Some(data) = env.data_plane {
         data.render(&mut t);
     }
+    if let Some(c) = env.cluster {
+        cluster_metrics(&mut t, c);
+    }
     t.family(
         "edgeproxy_uptime_seconds",
         "Seconds since the hub started.",
@@ -563,6 +792,7 @@ mod tests {
             health: None,
             tls,
             hub_region: "sa",
+            cluster: None,
         };
         let r = handle(&req, reg, &env);
         let body = if r.content_type == "application/json" {

@@ -522,6 +522,10 @@ pub fn stored(b: &Backend) -> StoredBackend {
         registered_unix_ms: b.registered_unix_ms,
         last_heartbeat_unix_ms: b.live.last_heartbeat_unix_ms.load(Ordering::Relaxed),
         draining: b.live.draining.load(Ordering::Relaxed),
+        // Versions live in the replica (`cluster::replicate`), which stamps them on the way
+        // to the store.
+        hlc: 0,
+        origin: 0,
     }
 }
 
@@ -753,6 +757,78 @@ impl Registry {
             }
         }
         self.journaling = journaling;
+    }
+
+    /// Applies a backend's state replicated from another hub (`cluster::replicate`): its
+    /// registration as stored there, and its last heartbeat, which sets how long it is served
+    /// here exactly as [`Registry::restore`] does, unless this hub already knows a later
+    /// heartbeat. Live connection counts are kept. Journaled (for persistence) and marks the
+    /// registry dirty like a local change.
+    pub fn apply_remote(&mut self, b: StoredBackend, now_ms: u64) -> Registered {
+        let now_unix = crate::clock::unix_ms();
+        let ttl_ms = self.ttl_ms(b.ttl_secs);
+        let age = now_unix.saturating_sub(b.last_heartbeat_unix_ms);
+        let mut deadline = if ttl_ms == 0 {
+            u64::MAX
+        } else {
+            now_ms.saturating_add(ttl_ms).saturating_sub(age)
+        };
+        let mut last = b.last_heartbeat_unix_ms;
+        let mut registered = b.registered_unix_ms;
+        if let Some(old) = self.backends.get(&b.id) {
+            if ttl_ms != 0 {
+                deadline = deadline.max(old.live.expires_at_ms.load(Ordering::Relaxed));
+            }
+            last = last.max(old.live.last_heartbeat_unix_ms.load(Ordering::Relaxed));
+            registered = registered.min(old.registered_unix_ms);
+        }
+        let (id, draining) = (b.id.clone(), b.draining);
+        let outcome = self.insert(b.spec(), deadline, Some(registered), last);
+        if draining {
+            if let Some(backend) = self.backends.get(&id) {
+                backend.live.draining.store(true, Ordering::Relaxed);
+                if self.journaling {
+                    // The record journaled by insert() said "not draining".
+                    self.journal.push(Record::Put(stored(backend)));
+                }
+            }
+        }
+        outcome
+    }
+
+    /// A heartbeat of `id` taken at another hub at `at_ms` (this process's clock): moves the
+    /// deadline forward, never back. Journaled like a local heartbeat.
+    pub fn remote_heartbeat(&mut self, id: &str, at_ms: u64, now_ms: u64) -> bool {
+        let Some(backend) = self.backends.get(id) else {
+            return false;
+        };
+        let ttl_ms = self.ttl_ms(backend.ttl_secs);
+        if ttl_ms == 0 {
+            return true;
+        }
+        let deadline = at_ms.saturating_add(ttl_ms);
+        if deadline <= backend.live.expires_at_ms.load(Ordering::Relaxed) {
+            return true;
+        }
+        backend
+            .live
+            .expires_at_ms
+            .store(deadline, Ordering::Relaxed);
+        let at_unix = crate::clock::unix_ms().saturating_sub(now_ms.saturating_sub(at_ms));
+        backend
+            .live
+            .last_heartbeat_unix_ms
+            .fetch_max(at_unix, Ordering::Relaxed);
+        if self.journaling {
+            self.journal.push(Record::Beat {
+                id: id.to_string(),
+                at: at_unix,
+            });
+        }
+        if now_ms < deadline {
+            self.expired.remove(id);
+        }
+        true
     }
 
     /// The whole registry as stored records (for compaction).
@@ -1062,6 +1138,51 @@ mod tests {
         ids.sort();
         assert_eq!(ids.len(), 10);
         assert_eq!(small.len(), 10);
+    }
+
+    #[test]
+    fn apply_remote_keeps_the_later_heartbeat_and_the_draining_flag() {
+        let (mut reg, cell) = registry();
+        reg.enable_journal();
+        let now_unix = crate::clock::unix_ms();
+        let mut b = stored(&Backend {
+            id: "r".into(),
+            app: "app".into(),
+            region: "sa".into(),
+            country: None,
+            ip: "10.0.0.9".parse().unwrap(),
+            port: 80,
+            weight: 1,
+            soft_limit: None,
+            hard_limit: None,
+            ttl_secs: Some(60),
+            alpn: None,
+            check: None,
+            registered_unix_ms: now_unix - 20_000,
+            key: 0,
+            live: Arc::new(BackendLive::new(1)),
+        });
+        // Heartbeat 20 s ago at the origin: 40 s left here.
+        b.last_heartbeat_unix_ms = now_unix - 20_000;
+        assert_eq!(reg.apply_remote(b.clone(), 100_000), Registered::Created);
+        reg.publish();
+        let r = cell.load().find("r").unwrap().clone();
+        let left = r.live.expires_at_ms.load(Ordering::Relaxed) - 100_000;
+        assert!((39_000..=40_000).contains(&left), "{left}");
+        // A later remote heartbeat moves it forward; an older one does not move it back.
+        assert!(reg.remote_heartbeat("r", 110_000, 110_000));
+        assert_eq!(r.live.expires_at_ms.load(Ordering::Relaxed), 170_000);
+        assert!(reg.remote_heartbeat("r", 105_000, 110_000));
+        assert_eq!(r.live.expires_at_ms.load(Ordering::Relaxed), 170_000);
+        // An update (drained at the origin) keeps the later deadline and drains here.
+        b.draining = true;
+        assert_eq!(reg.apply_remote(b, 110_000), Registered::Updated);
+        reg.publish();
+        let r = cell.load().find("r").unwrap().clone();
+        assert_eq!(r.live.expires_at_ms.load(Ordering::Relaxed), 170_000);
+        assert!(r.live.draining.load(Ordering::Relaxed));
+        let journal = reg.take_journal();
+        assert!(matches!(journal.last(), Some(Record::Put(s)) if s.draining));
     }
 
     #[test]

@@ -35,6 +35,9 @@ pub struct Hub {
     pub passthrough: Vec<SocketAddr>,
     /// (address, app) of every `--route` listener.
     pub routes: Vec<(SocketAddr, String)>,
+    /// Cluster gossip and sync (udp); `None` when replication is off.
+    pub gossip: Option<SocketAddr>,
+    pub sync: Option<SocketAddr>,
     /// Log lines printed up to and including the `ready:` line.
     pub startup_log: Vec<String>,
     /// The temporary state directory this hub owns, removed on drop.
@@ -89,6 +92,15 @@ impl Hub {
         {
             cmd.arg("--health-check=none");
         }
+        // Cluster ports from the OS too (never 4001/4002), unless the test picks them.
+        for (flag, default) in [
+            ("--gossip-addr=", "--gossip-addr=127.0.0.1:0"),
+            ("--sync-addr=", "--sync-addr=127.0.0.1:0"),
+        ] {
+            if !extra.iter().any(|a| a.starts_with(flag)) {
+                cmd.arg(default);
+            }
+        }
         cmd.args([
             "--listen-addr=127.0.0.1:0",
             "--api-listen-addr=127.0.0.1:0",
@@ -132,7 +144,12 @@ impl Hub {
                                 (a.parse().expect("route addr"), app.to_string())
                             })
                             .collect();
+                        let opt = |k: &str| -> Option<SocketAddr> {
+                            field(&line, k).and_then(|v| v.parse().ok())
+                        };
                         return Hub {
+                            gossip: opt("gossip="),
+                            sync: opt("sync="),
                             proxy: addr("proxy="),
                             api: addr("api="),
                             dns: addr("dns="),
@@ -320,7 +337,12 @@ pub fn read_response(s: &mut TcpStream) -> Option<HttpResponse> {
         if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             break i + 4;
         }
-        let n = s.read(&mut chunk).expect("read response");
+        let n = match s.read(&mut chunk) {
+            // A socket read with a timeout is not restarted after the test process was
+            // stopped and continued (SIGSTOP/SIGCONT): read again.
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            r => r.expect("read response"),
+        };
         if n == 0 {
             return None;
         }
@@ -343,7 +365,10 @@ pub fn read_response(s: &mut TcpStream) -> Option<HttpResponse> {
         .map(|(_, v)| v.parse().unwrap())
         .unwrap_or(0);
     while buf.len() < head_end + len {
-        let n = s.read(&mut chunk).expect("read body");
+        let n = match s.read(&mut chunk) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            r => r.expect("read body"),
+        };
         assert!(n > 0, "connection closed mid-body");
         buf.extend_from_slice(&chunk[..n]);
     }
