@@ -4,7 +4,10 @@
 //! `EDGEPROXY_API_LISTEN_ADDR`, `EDGEPROXY_DNS_LISTEN_ADDR`, `EDGEPROXY_DNS_DOMAIN`,
 //! `EDGEPROXY_REGION`, `EDGEPROXY_HEARTBEAT_TTL_SECS`, `EDGEPROXY_API_ENABLED`,
 //! `EDGEPROXY_DNS_ENABLED`, `DEBUG`, and for the cluster `EDGEPROXY_REPLICATION_ENABLED`,
-//! `_GOSSIP_ADDR`, `_TRANSPORT_ADDR`, `_BOOTSTRAP_PEERS`, `_NODE_ID`, `_CLUSTER_NAME`). v0.4 settings that no longer mean anything here
+//! `_GOSSIP_ADDR`, `_TRANSPORT_ADDR`, `_BOOTSTRAP_PEERS`, `_NODE_ID`, `_CLUSTER_NAME`, and
+//! `_GOSSIP_INTERVAL_MS` / `_SYNC_INTERVAL_MS` as the probe and anti-entropy intervals when
+//! `EDGEPROXY_GOSSIP_PROBE_INTERVAL_MS` / `EDGEPROXY_SYNC_ANTI_ENTROPY_MS` leave them at
+//! their defaults). v0.4 settings that no longer mean anything here
 //! (`EDGEPROXY_DB_PATH`, `EDGEPROXY_DB_RELOAD_SECS`, `EDGEPROXY_BINDING_*`) are accepted and
 //! ignored with a warning, so an existing environment file starts the hub unchanged.
 //!
@@ -619,7 +622,7 @@ pub struct Args {
     #[arg(
         long,
         env = "EDGEPROXY_SYNC_ANTI_ENTROPY_MS",
-        default_value_t = 1000,
+        default_value_t = crate::cluster::DEFAULT_ANTI_ENTROPY_MS,
         value_parser = clap::value_parser!(u64).range(10..=600_000)
     )]
     pub sync_anti_entropy_ms: u64,
@@ -634,6 +637,16 @@ pub struct Args {
         default_value_t = 86_400
     )]
     pub sync_tombstone_horizon_secs: u64,
+
+    // --- edgeProxy v0.4 names of settings that exist under a new name (hidden from --help).
+    /// v0.4's gossip ping interval: the probe interval unless --gossip-probe-interval-ms is set.
+    #[arg(long, env = "EDGEPROXY_REPLICATION_GOSSIP_INTERVAL_MS", hide = true, value_parser = clap::value_parser!(u64).range(10..))]
+    pub legacy_gossip_interval_ms: Option<u64>,
+
+    /// v0.4's sync flush interval: the anti-entropy interval unless --sync-anti-entropy-ms
+    /// moves it from its default.
+    #[arg(long, env = "EDGEPROXY_REPLICATION_SYNC_INTERVAL_MS", hide = true, value_parser = clap::value_parser!(u64).range(10..=600_000))]
+    pub legacy_sync_interval_ms: Option<u64>,
 
     // --- edgeProxy v0.4 settings that no longer apply; accepted so old environments still work.
     #[arg(long, env = "EDGEPROXY_DB_PATH", hide = true)]

@@ -29,6 +29,9 @@ use std::time::Duration;
 
 pub use driver::ClusterState;
 
+/// Milliseconds between anti-entropy rounds unless configured (`--sync-anti-entropy-ms`).
+pub const DEFAULT_ANTI_ENTROPY_MS: u64 = 1000;
+
 /// Cluster settings, validated.
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
@@ -117,9 +120,15 @@ impl ClusterConfig {
             advertise_ip: args.advertise_addr,
             keys,
             profile: args.gossip_profile,
-            probe_interval: args.gossip_probe_interval_ms.map(Duration::from_millis),
+            probe_interval: args
+                .gossip_probe_interval_ms
+                .or(args.legacy_gossip_interval_ms)
+                .map(Duration::from_millis),
             suspect_timeout: args.gossip_suspect_timeout_ms.map(Duration::from_millis),
-            anti_entropy: Duration::from_millis(args.sync_anti_entropy_ms),
+            anti_entropy: Duration::from_millis(match args.legacy_sync_interval_ms {
+                Some(v0_4) if args.sync_anti_entropy_ms == DEFAULT_ANTI_ENTROPY_MS => v0_4,
+                _ => args.sync_anti_entropy_ms,
+            }),
             tombstone_horizon: Duration::from_secs(args.sync_tombstone_horizon_secs),
         };
         if cfg.gossip_addr.port() != 0 && cfg.gossip_addr == cfg.sync_addr {
@@ -222,6 +231,32 @@ mod tests {
             .is_none());
         // The host name is the default node id.
         assert!(!parse(&[]).unwrap().cluster.unwrap().node_id.is_empty());
+    }
+
+    #[test]
+    fn edgeproxy_v0_4_interval_names_still_apply() {
+        // Their flags (hidden) stand for EDGEPROXY_REPLICATION_{GOSSIP,SYNC}_INTERVAL_MS.
+        let c = parse(&[
+            "--legacy-gossip-interval-ms=2000",
+            "--legacy-sync-interval-ms=5000",
+        ])
+        .unwrap()
+        .cluster
+        .unwrap();
+        assert_eq!(c.probe_interval.map(|d| d.as_millis()), Some(2000));
+        assert_eq!(c.anti_entropy.as_millis(), 5000);
+        // The new names win.
+        let c = parse(&[
+            "--legacy-gossip-interval-ms=2000",
+            "--gossip-probe-interval-ms=300",
+            "--legacy-sync-interval-ms=5000",
+            "--sync-anti-entropy-ms=250",
+        ])
+        .unwrap()
+        .cluster
+        .unwrap();
+        assert_eq!(c.probe_interval.map(|d| d.as_millis()), Some(300));
+        assert_eq!(c.anti_entropy.as_millis(), 250);
     }
 
     #[test]
