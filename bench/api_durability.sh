@@ -4,16 +4,18 @@
 # Hub: one shard on CPU 0; edgebench api-register on CPU 1 (unique ids, one app).
 #
 #   cargo build --release --workspace && bench/api_durability.sh [CONCURRENCY] [RUNS]
+#   (EDGEPROXY=path/to/binary to measure another build)
 set -uo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 B="$ROOT/target/release"
+EDGEPROXY="${EDGEPROXY:-$B/edgeproxy}"
 CONC="${1:-64}"
 RUNS="${2:-2}"
 PORT=28081
 run() {
   local label="$1"; shift
   local dir; dir=$(mktemp -d)
-  taskset -c 0 "$B/edgeproxy" --shards=1 --listen-addr=127.0.0.1:0 --api-listen-addr=127.0.0.1:$PORT \
+  taskset -c 0 "$EDGEPROXY" --shards=1 --listen-addr=127.0.0.1:0 --api-listen-addr=127.0.0.1:$PORT \
     --dns-listen-addr=127.0.0.1:0 --tls-enabled=false --health-check=none \
     --gossip-addr=127.0.0.1:0 --sync-addr=127.0.0.1:0 --state-dir="$dir" "$@" > "$dir/hub.log" 2>&1 &
   local pid=$!
