@@ -99,7 +99,18 @@ impl std::fmt::Debug for TlsShared {
 /// The one crypto provider of the process: `ring`, installed explicitly so nothing can pick
 /// another implicitly.
 fn provider() -> Arc<CryptoProvider> {
-    let p = Arc::new(rustls::crypto::ring::default_provider());
+    let mut p = rustls::crypto::ring::default_provider();
+    // AES-128-GCM with SHA-256 first, chosen over the client's order (below): as strong for
+    // this use, and SHA-256 runs on the CPU's SHA extensions where ring's SHA-384 (the
+    // default first suite's hash) does not; a handshake's transcript and key schedule hash
+    // with it.
+    p.cipher_suites.sort_by_key(|s| match s.suite() {
+        rustls::CipherSuite::TLS13_AES_128_GCM_SHA256 => 0,
+        rustls::CipherSuite::TLS13_AES_256_GCM_SHA384 => 1,
+        rustls::CipherSuite::TLS13_CHACHA20_POLY1305_SHA256 => 2,
+        _ => 3,
+    });
+    let p = Arc::new(p);
     // Already installed (a second hub in one test process): the same provider, fine.
     let _ = CryptoProvider::install_default((*p).clone());
     p
@@ -158,6 +169,7 @@ impl TlsShared {
             .with_cert_resolver(self.certs.clone());
         sc.alpn_protocols = cfg.tls.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
         sc.session_storage = ServerSessionMemoryCache::new(cfg.tls.session_cache);
+        sc.ignore_client_order = true;
         sc.ticketer = self.ticketer.clone();
         Ok(Arc::new(sc))
     }
