@@ -310,9 +310,10 @@ fn on_by_default_off_on_request_and_v04_names() {
 }
 
 #[test]
-fn no_routable_address_is_a_startup_error() {
-    // In a network namespace of its own with only `lo`, a hub on 0.0.0.0 with no peers has no
-    // address to advertise: it must refuse to start, naming the setting.
+fn no_routable_address_is_a_startup_error_for_a_hub_told_to_join() {
+    // In a network namespace of its own with only `lo`, a hub on 0.0.0.0 that must join a peer
+    // has no address that peer could reach: it must refuse to start, naming the setting. (A hub
+    // alone advertises loopback with a warning: see `a_lone_hub_with_only_loopback_starts`.)
     let probe = std::process::Command::new("unshare")
         .args(["--net", "true"])
         .output();
@@ -332,6 +333,7 @@ fn no_routable_address_is_a_startup_error() {
             "--gossip-addr=0.0.0.0:0",
             "--sync-addr=0.0.0.0:0",
             "--node-id=lonely",
+            "--bootstrap-peers=192.0.2.1:4001",
         ])
         .env_remove("EDGEPROXY_ADVERTISE_ADDR")
         .stdin(std::process::Stdio::null())
@@ -340,6 +342,66 @@ fn no_routable_address_is_a_startup_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("--advertise-addr"), "{err}");
+}
+
+#[test]
+fn a_lone_hub_with_only_loopback_starts() {
+    // The same namespace without a peer to join: the hub serves, advertising loopback, and says
+    // so (as the seed's hub would in a sandbox: its default settings must start).
+    let probe = std::process::Command::new("unshare")
+        .args(["--net", "true"])
+        .output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        eprintln!("skipped: cannot create a network namespace here");
+        return;
+    }
+    let mut child = std::process::Command::new("unshare")
+        .args(["--net", "--", "sh", "-c"])
+        .arg(format!(
+            "ip link set lo up; exec {} --shards=1 --persist=false --listen-addr=127.0.0.1:0 \
+             --api-listen-addr=127.0.0.1:0 --dns-listen-addr=127.0.0.1:0 \
+             --tls-listen-addr=127.0.0.1:0 --gossip-addr=0.0.0.0:0 --sync-addr=0.0.0.0:0 \
+             --node-id=lonely",
+            env!("CARGO_BIN_EXE_edgeproxy")
+        ))
+        .env_remove("EDGEPROXY_ADVERTISE_ADDR")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::BufRead;
+    // Bounded: a hub that neither gets ready nor exits is killed, which ends the read below.
+    let pid = child.id() as i32;
+    let (done, finished) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if finished.recv_timeout(Duration::from_secs(10)).is_err() {
+            // SAFETY: kill has no memory-safety preconditions; the child is not reaped yet
+            // (the test waits for this thread first), so the pid is still ours.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    });
+    let stderr = child.stderr.take().unwrap();
+    let mut seen = Vec::new();
+    let mut ready = false;
+    for line in std::io::BufReader::new(stderr).lines() {
+        let Ok(line) = line else { break };
+        ready = line.contains(" ready: ");
+        seen.push(line);
+        if ready {
+            break;
+        }
+    }
+    let _ = done.send(());
+    let _ = watchdog.join();
+    let _ = child.kill();
+    let _ = child.wait();
+    let log = seen.join("\n");
+    assert!(ready, "{log}");
+    assert!(
+        log.contains("advertising 127.0.0.1") && log.contains("--advertise-addr"),
+        "{log}"
+    );
 }
 
 #[test]

@@ -164,8 +164,8 @@ impl ClusterConfig {
 /// The address other hubs reach this one at: --advertise-addr; else the bound gossip address
 /// when it is a specific one; else the local end of the route to the first bootstrap peer that
 /// resolves (no packet is sent); else the local end of the default route; else the first
-/// non-loopback interface address. Never 0.0.0.0/::. Blocking (name resolution): for the main
-/// thread at startup only.
+/// non-loopback interface address; else, for a hub with no bootstrap peer, loopback (with a
+/// warning). Never 0.0.0.0/::. Blocking (name resolution): for the main thread at startup only.
 pub fn advertise_ip(cfg: &ClusterConfig, bound_gossip: SocketAddr) -> Result<IpAddr, String> {
     if let Some(ip) = cfg.advertise_ip {
         return Ok(ip);
@@ -199,11 +199,26 @@ pub fn advertise_ip(cfg: &ClusterConfig, bound_gossip: SocketAddr) -> Result<IpA
     if let Some(ip) = documentation.into_iter().find_map(route_from) {
         return Ok(ip);
     }
-    crate::sys::first_interface_addr().ok_or_else(|| {
-        format!(
-            "cannot tell which address other hubs reach this one at (gossip on {bound_gossip}, no bootstrap peer resolves, no non-loopback interface): set --advertise-addr (EDGEPROXY_ADVERTISE_ADDR)"
-        )
-    })
+    if let Some(ip) = crate::sys::first_interface_addr() {
+        return Ok(ip);
+    }
+    // A hub alone (no bootstrap peer) on a machine with only loopback (a network namespace, a
+    // sandbox): it serves; hubs on this machine can still join it. One that was told to join
+    // others must be reachable by them, so it refuses to start instead.
+    if cfg.bootstrap_peers.is_empty() {
+        let ip = if bound_gossip.is_ipv4() {
+            IpAddr::from([127, 0, 0, 1])
+        } else {
+            IpAddr::from(std::net::Ipv6Addr::LOCALHOST)
+        };
+        log::warn!(
+            "cluster: no address other hubs can reach (gossip on {bound_gossip}, only loopback here): advertising {ip}; set --advertise-addr (EDGEPROXY_ADVERTISE_ADDR) before other machines join"
+        );
+        return Ok(ip);
+    }
+    Err(format!(
+        "cannot tell which address other hubs reach this one at (gossip on {bound_gossip}, no bootstrap peer resolves, no non-loopback interface): set --advertise-addr (EDGEPROXY_ADVERTISE_ADDR)"
+    ))
 }
 
 #[cfg(test)]
