@@ -220,8 +220,9 @@ fn wrong_cluster_name_or_key_never_joins() {
 fn graceful_shutdown_leaves_the_cluster() {
     let a = hub("hub-a", "127.0.0.1", 0, &[], &[]);
     let mut b = hub("hub-b", "127.0.0.2", 0, &[a.gossip.unwrap()], &[]);
+    // Both ways: b can only tell members it knows that it leaves.
     eventually("b joins", Duration::from_secs(10), || {
-        all_alive(&a, &["hub-b"])
+        all_alive(&a, &["hub-b"]) && all_alive(&b, &["hub-a"])
     });
     b.signal(libc::SIGTERM);
     assert!(b.wait_exit(Duration::from_secs(10)).success());
@@ -417,29 +418,31 @@ fn a_flood_of_sealed_datagrams_leaves_the_hub_serving() {
     let s = UdpSocket::bind("127.0.0.1:0").unwrap();
     let mut ring = edgeproxy::cluster::auth::Keyring::new(&[[7u8; 32]], "mallory", "edgeproxy", 1);
     let mut d = Vec::new();
-    for i in 0..40_000u32 {
-        ring.seal(
-            edgeproxy::cluster::auth::channel::GOSSIP,
-            &i.to_be_bytes(),
-            &mut d,
-        );
-        let _ = s.send_to(&d, a.gossip.unwrap());
-        if i % 2000 == 0 {
-            // Let the hub's receive queue drain a little: the point is many datagrams handled.
-            std::thread::sleep(Duration::from_millis(5));
+    let handled = || {
+        metric(
+            &a,
+            "edgeproxy_cluster_dropped_total",
+            &[("port", "gossip"), ("reason", "malformed")],
+        )
+    };
+    // In bursts of 100, each handled before the next: the point is that every one of them is
+    // received and refused (more than 32,767 wake-ups of the receiving task), so the sender
+    // must not outrun the socket buffer on a busy machine (the kernel would drop the excess).
+    const BURST: u32 = 100;
+    for burst in 0..40_000 / BURST {
+        for i in burst * BURST..(burst + 1) * BURST {
+            ring.seal(
+                edgeproxy::cluster::auth::channel::GOSSIP,
+                &i.to_be_bytes(),
+                &mut d,
+            );
+            let _ = s.send_to(&d, a.gossip.unwrap());
         }
+        let sent = f64::from((burst + 1) * BURST);
+        eventually("the hub takes each burst", Duration::from_secs(10), || {
+            handled() >= sent
+        });
     }
-    eventually(
-        "the hub handled most of the flood",
-        Duration::from_secs(20),
-        || {
-            metric(
-                &a,
-                "edgeproxy_cluster_dropped_total",
-                &[("port", "gossip"), ("reason", "malformed")],
-            ) >= 32_768.0
-        },
-    );
     assert_eq!(a.api("GET", "/health", None).0, 200);
     a.register("pop-gru", "gru.pop", "sa", "10.50.1.1", 80);
     eventually("still a cluster", Duration::from_secs(5), || {

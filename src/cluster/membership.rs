@@ -265,7 +265,17 @@ impl Membership {
         if self.left {
             return;
         }
-        let to: Vec<SocketAddr> = self.foca.iter_members().map(|m| m.id().gossip).collect();
+        // Every member foca knows, and every hub we have heard from that has not left or died
+        // (foca may not list a member it is still probing).
+        let mut to: Vec<SocketAddr> = self.foca.iter_members().map(|m| m.id().gossip).collect();
+        to.extend(
+            self.records
+                .values()
+                .filter(|r| !r.left && !r.down)
+                .map(|r| r.node.gossip),
+        );
+        to.sort();
+        to.dedup();
         if let Err(e) = self.foca.leave_cluster(&mut self.rt) {
             log::debug!("cluster: leave: {e}");
         }
