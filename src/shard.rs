@@ -123,8 +123,10 @@ fn tcp_listener(addr: SocketAddr, backlog: i32) -> io::Result<Socket> {
     // Accepted sockets inherit TCP_NODELAY on Linux: small request/response traffic must not
     // wait for Nagle.
     sock.set_nodelay(true)?;
-    // With a non-blocking listener glommio's first, synchronous accept attempt skips its
-    // per-accept O_NONBLOCK on/off round trip (vendor/glommio/EDGEPROXY-PATCH.md).
+    // Non-blocking: the proxy and TLS listeners are accepted from with a plain `accept4`
+    // when the shard's epoll set says they are ready (`crate::proxy::sock`); glommio's accept
+    // (DNS over TCP, the API) then skips its per-accept O_NONBLOCK on/off round trip
+    // (vendor/glommio/EDGEPROXY-PATCH.md).
     sock.set_nonblocking(true)?;
     sock.bind(&SockAddr::from(addr))?;
     sock.listen(backlog)?;
@@ -877,7 +879,7 @@ async fn run_shard(
     let ctx = Rc::new(ctx);
     let mut tasks = Vec::new();
     for (sock, app) in socks.proxies {
-        let listener = glommio_tcp(sock);
+        let listener = sock;
         let serves = match app {
             Some(app) => crate::proxy::Serves::App(Rc::from(app)),
             None => crate::proxy::Serves::Every,
@@ -906,7 +908,7 @@ async fn run_shard(
             tasks.push(glommio::spawn_local(until_drain(crate::tls::serve(
                 ctx.clone(),
                 shard_tls.clone(),
-                glommio_tcp(sock),
+                sock,
                 passthrough,
             ))));
         }
@@ -1066,7 +1068,7 @@ fn start_routes(ctx: &Rc<ShardCtx>) {
         if let Some(sock) = r.listener.take(ctx.id) {
             let id = r.listener.id;
             let ctx = ctx.clone();
-            glommio::spawn_local(until_drain(serve_route(ctx, glommio_tcp(sock), id))).detach();
+            glommio::spawn_local(until_drain(serve_route(ctx, sock, id))).detach();
         }
     }
 }
@@ -1086,7 +1088,7 @@ async fn watch_routes(ctx: Rc<ShardCtx>) {
 
 /// One route listener's accept loop, until a reload removes the route (which closes the
 /// listener; forwarded connections run on).
-async fn serve_route(ctx: Rc<ShardCtx>, listener: glommio::net::TcpListener, id: u64) {
+async fn serve_route(ctx: Rc<ShardCtx>, listener: Socket, id: u64) {
     let removed = {
         let ctx = ctx.clone();
         async move {

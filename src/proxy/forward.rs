@@ -19,6 +19,7 @@
 //! Never allocates per chunk: buffers and pipes come from the shard's [`pool`](super::pool).
 
 use super::pool;
+use super::sock::Sock;
 use super::splice::{self, Pipe};
 use crate::config::SpliceMode;
 use futures_lite::{AsyncRead, AsyncWrite};
@@ -29,6 +30,31 @@ use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
+
+/// What can be forwarded: a glommio stream (TLS passthrough's client) or an epoll-driven
+/// [`Sock`].
+pub trait Stream: AsyncRead + AsyncWrite + AsRawFd + Unpin {
+    /// Already non-blocking, as `splice` needs (no `fcntl` to make it so).
+    fn nonblocking(&self) -> bool {
+        false
+    }
+}
+
+impl Stream for TcpStream {}
+
+impl Stream for Sock {
+    fn nonblocking(&self) -> bool {
+        true
+    }
+}
+
+fn make_nonblocking(s: &impl Stream) -> io::Result<()> {
+    if s.nonblocking() {
+        Ok(())
+    } else {
+        splice::set_nonblocking(s.as_raw_fd())
+    }
+}
 
 /// Chunks one direction moves per poll before yielding to the other tasks of the shard.
 const BUDGET: usize = 16;
@@ -77,8 +103,8 @@ impl Direction {
     fn poll(
         &mut self,
         cx: &mut Context<'_>,
-        src: &mut TcpStream,
-        dst: &mut TcpStream,
+        src: &mut impl Stream,
+        dst: &mut impl Stream,
         other_done: bool,
     ) -> Poll<io::Result<()>> {
         if self.done {
@@ -175,8 +201,8 @@ impl Direction {
                         // non-blocking, so that small request/response connections never pay
                         // the fcntl calls; if that fails, keep copying.
                         self.auto = false;
-                        self.splice = splice::set_nonblocking(src.as_raw_fd())
-                            .and_then(|()| splice::set_nonblocking(dst.as_raw_fd()))
+                        self.splice = make_nonblocking(src)
+                            .and_then(|()| make_nonblocking(dst))
                             .map_err(|e| {
                                 log::debug!("cannot make sockets non-blocking ({e}); copying")
                             })
@@ -236,7 +262,7 @@ pub struct Options {
 
 /// Forwards between `client` and `backend` until both directions end, one fails, or nothing
 /// moves for `opts.idle`. Both streams are closed when it returns.
-pub async fn forward(client: TcpStream, backend: TcpStream, opts: Options) -> Outcome {
+pub async fn forward(client: impl Stream, backend: impl Stream, opts: Options) -> Outcome {
     let Options {
         mut mode,
         pipe_size,
@@ -245,9 +271,7 @@ pub async fn forward(client: TcpStream, backend: TcpStream, opts: Options) -> Ou
     if mode == SpliceMode::Always {
         // splice(2) would sleep on a blocking socket; without O_NONBLOCK, copy. (`auto` does
         // this when a direction switches to splice.)
-        if let Err(e) = splice::set_nonblocking(client.as_raw_fd())
-            .and_then(|()| splice::set_nonblocking(backend.as_raw_fd()))
-        {
+        if let Err(e) = make_nonblocking(&client).and_then(|()| make_nonblocking(&backend)) {
             log::debug!("cannot make sockets non-blocking ({e}); copying");
             mode = SpliceMode::Never;
         }
@@ -269,15 +293,15 @@ pub async fn forward(client: TcpStream, backend: TcpStream, opts: Options) -> Ou
     }
 }
 
-struct Forward {
-    client: TcpStream,
-    backend: TcpStream,
+struct Forward<C, B> {
+    client: C,
+    backend: B,
     up: Direction,
     down: Direction,
     idle: super::idle::IdleTimer,
 }
 
-impl Future for Forward {
+impl<C: Stream, B: Stream> Future for Forward<C, B> {
     type Output = io::Result<()>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -22,6 +22,8 @@ mod forward;
 pub(crate) mod idle;
 pub mod pool;
 pub mod proxy_protocol;
+pub mod reactor;
+pub mod sock;
 pub mod splice;
 #[cfg(test)]
 mod tests;
@@ -29,8 +31,9 @@ mod tests;
 use crate::registry::{Backend, Reserved};
 use crate::select::{pick_with, Client, Policy, Scope};
 use crate::shard::ShardCtx;
-use glommio::net::{TcpListener, TcpStream};
 use glommio::sync::Semaphore;
+pub use sock::Sock;
+use socket2::Socket;
 use std::cell::RefCell;
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
@@ -38,7 +41,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use forward::{forward, Options, Outcome};
+pub use forward::{forward, Options, Outcome, Stream};
 
 /// Pause after a failed accept (EMFILE, ENOBUFS…) before trying again.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
@@ -78,9 +81,17 @@ pub enum Serves {
     Route(u64),
 }
 
-/// Serves one proxy listener.
-pub async fn serve(ctx: Rc<ShardCtx>, listener: TcpListener, serves: Serves) {
+/// Serves one proxy listener (a bound, listening, non-blocking socket; closed when this ends).
+pub async fn serve(ctx: Rc<ShardCtx>, listener: Socket, serves: Serves) {
     let cap = shard_cap(&ctx);
+    // Accepted through the shard's epoll set, like every forwarded socket ([`reactor`]).
+    let acceptor = match sock::Acceptor::new(&listener) {
+        Ok(a) => a,
+        Err(e) => {
+            log::error!("shard {}: cannot watch a proxy listener: {e}", ctx.id);
+            return;
+        }
+    };
     // A route's app, as of live generation `.0` (re-read only when the generation changes).
     let mut route_app: Option<(u64, Option<Rc<str>>)> = None;
     let mut last_log_ms: Option<u64> = None;
@@ -97,7 +108,7 @@ pub async fn serve(ctx: Rc<ShardCtx>, listener: TcpListener, serves: Serves) {
             return;
         }
         cap.signal(1);
-        let client = match listener.accept().await {
+        let client = match acceptor.accept().await {
             Ok(client) => client,
             Err(e) => {
                 let now = crate::clock::now_ms();
@@ -230,7 +241,7 @@ pub async fn connect_backend(
     client_ip: IpAddr,
     app: Option<&str>,
     alpn: Option<&[u8]>,
-) -> Option<(TcpStream, LiveConnection)> {
+) -> Option<(Sock, LiveConnection)> {
     let cfg = &ctx.cfg;
     let tries = (cfg.connect_tries as usize).clamp(1, MAX_TRIES);
     let policy = Policy {
@@ -295,7 +306,7 @@ pub async fn connect_backend(
             backend.weight,
         );
         let addr = SocketAddr::new(backend.ip, backend.port);
-        match TcpStream::connect_timeout(addr, cfg.connect_timeout).await {
+        match Sock::connect(addr, cfg.connect_timeout).await {
             Ok(stream) => {
                 slot.backend.live.connect_succeeded(ctx.id);
                 let live = LiveConnection::new(slot, ctx.id);
@@ -316,13 +327,11 @@ pub async fn connect_backend(
     None
 }
 
-async fn proxy_connection(ctx: &ShardCtx, client: TcpStream, app: Option<&str>) {
+async fn proxy_connection(ctx: &ShardCtx, client: Sock, app: Option<&str>) {
     let m = ctx.metrics();
     // Counted active by the accept loop (see `serve`); uncounted here, however this ends.
     let _active = ActiveGuard(&m.proxy_active);
-    let Ok(peer) = client.peer_addr() else {
-        return;
-    };
+    let peer = client.peer_addr();
     m.proxy_accepted.inc();
     let Some((backend, live)) = connect_backend(ctx, peer.ip(), app, None).await else {
         m.proxy_failed.inc();
@@ -334,7 +343,6 @@ async fn proxy_connection(ctx: &ShardCtx, client: TcpStream, app: Option<&str>) 
         return;
     };
     let mut backend = backend;
-    let _ = backend.set_nodelay(true);
     if ctx.cfg.proxy_protocol {
         let local = client.local_addr().unwrap_or(peer);
         let (h, n) = proxy_protocol::v2_header(peer, local);

@@ -27,15 +27,16 @@ pub mod clienthello;
 mod relay;
 
 use crate::config::{Config, TlsRoute};
+use crate::proxy::Sock;
 use crate::proxy::{connect_backend, forward, Options};
 use crate::shard::ShardCtx;
 use clienthello::{Hello, Parse};
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use futures_rustls::TlsAcceptor;
-use glommio::net::{TcpListener, TcpStream};
 use glommio::sync::Semaphore;
 use rustls::crypto::CryptoProvider;
 use rustls::server::{ProducesTickets, ServerConfig, ServerSessionMemoryCache};
+use socket2::Socket;
 use std::cell::RefCell;
 use std::io;
 use std::net::SocketAddr;
@@ -292,14 +293,22 @@ pub fn route(
 }
 
 /// Serves one TLS listener (`passthrough`: never terminate).
-pub async fn serve(ctx: Rc<ShardCtx>, tls: Rc<ShardTls>, listener: TcpListener, passthrough: bool) {
+pub async fn serve(ctx: Rc<ShardCtx>, tls: Rc<ShardTls>, listener: Socket, passthrough: bool) {
     let cap = crate::proxy::shard_cap(&ctx);
-    let local = listener.local_addr().ok();
+    let local = listener.local_addr().ok().and_then(|a| a.as_socket());
+    // Accepted through the shard's epoll set, like the TCP proxy's (`crate::proxy::reactor`).
+    let acceptor = match crate::proxy::sock::Acceptor::new(&listener) {
+        Ok(a) => a,
+        Err(e) => {
+            log::error!("shard {}: cannot watch a TLS listener: {e}", ctx.id);
+            return;
+        }
+    };
     loop {
         let Ok(slot) = cap.acquire_static_permit(1).await else {
             return;
         };
-        let client = match listener.accept().await {
+        let client = match acceptor.accept().await {
             Ok(c) => c,
             Err(e) => {
                 log::debug!("shard {}: tls accept failed: {e}", ctx.id);
@@ -332,7 +341,7 @@ enum Early {
 }
 
 /// Reads until a whole ClientHello is in `buf`.
-async fn read_hello(client: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Hello, Early> {
+async fn read_hello(client: &mut Sock, buf: &mut Vec<u8>) -> Result<Hello, Early> {
     let mut chunk = [0u8; 2048];
     loop {
         match clienthello::parse(buf) {
@@ -365,7 +374,7 @@ async fn by<T>(
     .await
 }
 
-async fn send_alert(client: &mut TcpStream, description: u8) {
+async fn send_alert(client: &mut Sock, description: u8) {
     let _ = client.write_all(&clienthello::alert(description)).await;
     let _ = client.close().await;
 }
@@ -373,16 +382,13 @@ async fn send_alert(client: &mut TcpStream, description: u8) {
 async fn connection(
     ctx: &ShardCtx,
     tls: &ShardTls,
-    mut client: TcpStream,
+    mut client: Sock,
     local: Option<SocketAddr>,
     listener_passthrough: bool,
 ) {
     let m = ctx.metrics();
     let _active = crate::proxy::ActiveGuard(&m.proxy_active);
-    let Ok(peer) = client.peer_addr() else {
-        return;
-    };
-    let _ = client.set_nodelay(true);
+    let peer = client.peer_addr();
     m.proxy_accepted.inc();
     let cfg = &ctx.cfg;
     let deadline = Instant::now() + cfg.tls.handshake_timeout;
@@ -447,7 +453,6 @@ async fn connection(
             m.proxy_failed.inc();
             return;
         };
-        let _ = backend.set_nodelay(true);
         if let Some((h, n)) = &header {
             if backend.write_all(&h[..*n]).await.is_err() {
                 return;
@@ -539,7 +544,7 @@ async fn connection(
 struct Replay {
     head: Vec<u8>,
     pos: usize,
-    io: TcpStream,
+    io: Sock,
 }
 
 impl AsyncRead for Replay {

@@ -115,6 +115,17 @@ fn yolo_sendmsg(
     }
 }
 
+/// Waits until `fd` is readable, with one io_uring `POLL_ADD` on this executor's main ring.
+///
+/// edgeproxy patch: glommio has no public way to wait for readiness of a file descriptor it
+/// does not own. edgeproxy waits on its shard's epoll instance with this (one poll per idle
+/// period rather than one per socket wait). The fd must stay open until this completes or is
+/// dropped; dropping it cancels the poll.
+pub async fn wait_readable(fd: std::os::unix::io::RawFd) -> io::Result<()> {
+    let source = crate::executor().reactor().poll_read_ready(fd);
+    source.collect_rw().await.map(|_| ())
+}
+
 mod datagram;
 mod stream;
 mod tcp_socket;
