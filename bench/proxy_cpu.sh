@@ -91,7 +91,7 @@ win=$((SECS > 3 ? SECS - 2 : 1))
 case "$TOOL" in
   perf) perf record -F 4999 -g -p "$HUB" -o "$OUT/perf.data" -- sleep "$win" >/dev/null 2>&1 ;;
   strace) timeout "$win" strace -c -f -p "$HUB" -o "$OUT/strace.out" || true ;;
-  stat) perf stat -e 'syscalls:sys_enter_io_uring_enter,syscalls:sys_enter_sendto,syscalls:sys_enter_recvfrom,io_uring:io_uring_submit_req' \
+  stat) perf stat -e 'syscalls:sys_enter_io_uring_enter,syscalls:sys_enter_sendto,syscalls:sys_enter_recvfrom,syscalls:sys_enter_epoll_wait,io_uring:io_uring_submit_req' \
           -p "$HUB" -o "$OUT/stat.out" -- sleep "$win" >/dev/null 2>&1 ;;
   none) ;;
 esac

@@ -294,6 +294,12 @@ impl Registration {
         self.with(|s| s.ready & (dir | dir << CLOSED_SHIFT) != 0)
     }
 
+    /// Whether an end (hang-up or error) was seen for `dir`.
+    #[inline]
+    pub fn is_closed(&self, dir: u8) -> bool {
+        self.with(|s| s.ready & dir << CLOSED_SHIFT != 0)
+    }
+
     /// The kernel said `EAGAIN` for `dir` (or a short read or write showed it is drained).
     #[inline]
     pub fn clear(&self, dir: u8) {

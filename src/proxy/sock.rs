@@ -61,6 +61,10 @@ impl Sock {
         if !futures_lite::future::or(connected, timed_out).await {
             return Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out"));
         }
+        // Writable without an error or hang-up: connected (no `getsockopt` needed).
+        if !s.reg.is_closed(WRITE) {
+            return Ok(s);
+        }
         match s.socket().take_error()? {
             Some(e) => Err(e),
             None => Ok(s),
