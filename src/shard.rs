@@ -1034,7 +1034,7 @@ async fn run_shard(
             glommio::Latency::Matters(Duration::from_millis(2)),
             "api",
         );
-        let api_listener = socks.api.map(glommio_tcp);
+        let api_listener = socks.api;
         let control_ctx = ctx.clone();
         let control = async move {
             let sweeper =

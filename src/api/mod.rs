@@ -18,12 +18,13 @@ pub mod http;
 pub mod routes;
 pub mod validate;
 
+use crate::proxy::sock::{Acceptor, Sock};
 use crate::registry::Registry;
 use crate::shard::ShardCtx;
 use crate::store::Store;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use glommio::net::{TcpListener, TcpStream};
 use http::Parsed;
+use socket2::Socket;
 use std::cell::{Cell, RefCell};
 use std::io;
 use std::rc::Rc;
@@ -101,10 +102,18 @@ impl Drop for ConnSlot {
 }
 
 /// Serves the registration API until the process stops.
-pub async fn serve(ctx: Rc<ShardCtx>, listener: TcpListener, control: Rc<Control>) {
+pub async fn serve(ctx: Rc<ShardCtx>, listener: Socket, control: Rc<Control>) {
     let open = Rc::new(Cell::new(0usize));
+    // Accepted through the shard's epoll set, like the proxy's (`crate::proxy::reactor`).
+    let acceptor = match Acceptor::new(&listener) {
+        Ok(a) => a,
+        Err(e) => {
+            log::error!("api: cannot watch the listener: {e}");
+            return;
+        }
+    };
     loop {
-        let stream = match listener.accept().await {
+        let stream = match acceptor.accept().await {
             Ok(s) => s,
             Err(e) => {
                 log::warn!("api: accept failed: {e}");
@@ -121,9 +130,9 @@ pub async fn serve(ctx: Rc<ShardCtx>, listener: TcpListener, control: Rc<Control
         let (ctx, control) = (ctx.clone(), control.clone());
         glommio::spawn_local(async move {
             let _slot = slot;
-            let peer = stream.peer_addr().ok();
+            let peer = stream.peer_addr();
             if let Err(e) = connection(&ctx, stream, &control).await {
-                log::debug!("api: connection from {peer:?} ended: {e}");
+                log::debug!("api: connection from {peer} ended: {e}");
             }
         })
         .detach();
@@ -135,7 +144,7 @@ pub async fn serve(ctx: Rc<ShardCtx>, listener: TcpListener, control: Rc<Control
 }
 
 /// Answers 503 to a connection over the cap, then closes it.
-async fn refuse_busy(mut stream: TcpStream) {
+async fn refuse_busy(mut stream: Sock) {
     let mut out = Vec::new();
     let body = br#"{"error":"too many API connections; retry later","field":null}"#;
     http::write_response(
@@ -146,9 +155,26 @@ async fn refuse_busy(mut stream: TcpStream) {
         body,
         false,
     );
-    let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
-    let _ = stream.write_all(&out).await;
+    let _ = write_all_within(&mut stream, &out, Duration::from_secs(1)).await;
     let _ = stream.close().await;
+}
+
+/// `write_all`, or `TimedOut` when it is not done within `limit`.
+async fn write_all_within(stream: &mut Sock, out: &[u8], limit: Duration) -> io::Result<()> {
+    futures_lite::future::or(stream.write_all(out), async {
+        glommio::timer::sleep(limit).await;
+        Err(io::Error::new(io::ErrorKind::TimedOut, "write timed out"))
+    })
+    .await
+}
+
+/// `read`, or `TimedOut` when nothing came within `limit`.
+async fn read_within(stream: &mut Sock, buf: &mut [u8], limit: Duration) -> io::Result<usize> {
+    futures_lite::future::or(stream.read(buf), async {
+        glommio::timer::sleep(limit).await;
+        Err(io::Error::new(io::ErrorKind::TimedOut, "read timed out"))
+    })
+    .await
 }
 
 fn error_response(out: &mut Vec<u8>, status: u16, message: &str) {
@@ -159,14 +185,12 @@ fn error_response(out: &mut Vec<u8>, status: u16, message: &str) {
 
 /// Serves one API connection: requests in order, answers in order, until the client closes,
 /// asks to close, stalls, or sends something we refuse.
-async fn connection(ctx: &ShardCtx, mut stream: TcpStream, control: &Control) -> io::Result<()> {
+async fn connection(ctx: &ShardCtx, mut stream: Sock, control: &Control) -> io::Result<()> {
     let registry = &control.registry;
-    let peer = stream
-        .peer_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_else(|_| "?".into());
+    let peer = stream.peer_addr().to_string();
     let cfg = &ctx.cfg;
-    stream.set_write_timeout(Some(cfg.api_request_timeout))?;
+    // Writes must finish within the request timeout (a client that stops reading).
+    let write_limit = cfg.api_request_timeout;
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     let mut out: Vec<u8> = Vec::with_capacity(1024);
     // When the first byte of the request now in `buf` arrived.
@@ -288,7 +312,7 @@ async fn connection(ctx: &ShardCtx, mut stream: TcpStream, control: &Control) ->
             control.persist_journal();
         }
         if !out.is_empty() {
-            stream.write_all(&out).await?;
+            write_all_within(&mut stream, &out, write_limit).await?;
             out.clear();
         }
         if close {
@@ -304,22 +328,21 @@ async fn connection(ctx: &ShardCtx, mut stream: TcpStream, control: &Control) ->
                 .saturating_sub(t.elapsed())
                 .max(Duration::from_millis(1)),
         };
-        stream.set_read_timeout(Some(timeout))?;
         let len = buf.len();
         if len >= MAX_BUFFER {
             // parse() bounds headers and bodies, so this cannot happen; refuse rather than grow.
             error_response(&mut out, 431, "request too large");
-            let _ = stream.write_all(&out).await;
+            let _ = write_all_within(&mut stream, &out, write_limit).await;
             return Ok(());
         }
         buf.resize((len + 16 * 1024).min(MAX_BUFFER), 0);
-        let n = match stream.read(&mut buf[len..]).await {
+        let n = match read_within(&mut stream, &mut buf[len..], timeout).await {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::TimedOut => {
                 buf.truncate(len);
                 if request_started.is_some() || len > 0 {
                     error_response(&mut out, 408, "request not completed in time");
-                    let _ = stream.write_all(&out).await;
+                    let _ = write_all_within(&mut stream, &out, write_limit).await;
                 }
                 let _ = stream.close().await;
                 return Ok(());
