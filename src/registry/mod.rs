@@ -695,6 +695,7 @@ impl Registry {
             self.journal.push(Record::Del { id: id.to_string() });
         }
         self.expired.remove(id);
+        self.health_changes.push(id.to_string());
         self.dirty = true;
         true
     }
@@ -715,8 +716,8 @@ impl Registry {
         true
     }
 
-    /// The ids registered or updated since the last call, for the health checker (which finds
-    /// deregistered ones missing when their next check is due).
+    /// The ids registered, updated or removed since the last call, for the health checker
+    /// (a removed one is missing from the registry when the checker looks it up).
     pub fn take_health_changes(&mut self) -> Vec<String> {
         std::mem::take(&mut self.health_changes)
     }
@@ -913,6 +914,7 @@ impl Registry {
                 if self.journaling {
                     self.journal.push(Record::Del { id: id.clone() });
                 }
+                self.health_changes.push(id.clone());
             }
             self.expired.remove(id);
             self.dirty = true;
