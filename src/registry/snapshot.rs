@@ -120,30 +120,37 @@ pub struct Bucket {
 impl Bucket {
     /// A bucket of `backends` (in id order).
     pub fn build(backends: Vec<Arc<Backend>>) -> Bucket {
-        let mut regions: Vec<(&str, Vec<u32>)> = Vec::new();
-        let mut countries: Vec<(&str, Vec<u32>)> = Vec::new();
-        for (i, b) in backends.iter().enumerate() {
-            let region = b.region.as_str();
-            match regions.iter_mut().find(|(r, _)| *r == region) {
-                Some((_, list)) => list.push(i as u32),
-                None => regions.push((region, vec![i as u32])),
+        // Grouped by the inline code keys; a code's string is read once per group (and on a
+        // key match only for codes too long to be packed exactly).
+        fn add<'a>(groups: &mut Vec<(u64, &'a str, Vec<u32>)>, key: u64, code: &'a str, i: u32) {
+            let exact = crate::registry::code_key_is_exact(key);
+            match groups
+                .iter_mut()
+                .find(|(k, c, _)| *k == key && (exact || *c == code))
+            {
+                Some((_, _, list)) => list.push(i),
+                None => groups.push((key, code, vec![i])),
             }
-            if let Some(cc) = b.country.as_deref() {
-                match countries.iter_mut().find(|(c, _)| *c == cc) {
-                    Some((_, list)) => list.push(i as u32),
-                    None => countries.push((cc, vec![i as u32])),
+        }
+        let mut regions: Vec<(u64, &str, Vec<u32>)> = Vec::new();
+        let mut countries: Vec<(u64, &str, Vec<u32>)> = Vec::new();
+        for (i, b) in backends.iter().enumerate() {
+            add(&mut regions, b.region_code, b.region.as_str(), i as u32);
+            if b.country_code != 0 {
+                if let Some(cc) = b.country.as_deref() {
+                    add(&mut countries, b.country_code, cc, i as u32);
                 }
             }
         }
-        regions.sort_by(|a, b| a.0.cmp(b.0));
-        countries.sort_by(|a, b| a.0.cmp(b.0));
+        regions.sort_by(|a, b| a.1.cmp(b.1));
+        countries.sort_by(|a, b| a.1.cmp(b.1));
         let regions = regions
             .into_iter()
-            .map(|(r, list)| MemberList::build(r, list, &backends))
+            .map(|(_, r, list)| MemberList::build(r, list, &backends))
             .collect();
         let countries = countries
             .into_iter()
-            .map(|(c, list)| MemberList::build(c, list, &backends))
+            .map(|(_, c, list)| MemberList::build(c, list, &backends))
             .collect();
         Bucket {
             backends: backends.into_boxed_slice(),
