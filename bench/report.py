@@ -60,7 +60,7 @@ def per_unit(scen, r):
     if r.get("cpu_pct") is None or not r.get("rate"):
         return None
     busy = r["cpu_pct"] / 100.0
-    if scen == "tcp-bulk":
+    if scen in BULK:
         return busy / (r["bytes_per_s"] / 1e9) if r.get("bytes_per_s") else None
     return busy / r["rate"] * 1e6
 
@@ -71,10 +71,14 @@ SCEN = {
     "tcp-connect": ("TCP connection rate", "conn/s", "CPU µs/conn"),
     "dns": ("DNS over UDP", "answers/s", "CPU µs/query"),
     "tls": ("TLS full handshakes (terminating)", "handshakes/s", "CPU µs/handshake"),
+    "tls-bulk": ("TLS bulk (terminating)", "Gbit/s", "CPU s/GB"),
     "api-register": ("API: durable registrations", "registrations/s", "CPU µs/registration"),
     "publish-latency": ("API: registration → answered by DNS", "publishes/s", "CPU µs/publish"),
 }
-BASE = {"tcp-bulk": "direct", "tcp-rr": "direct", "tcp-connect": "direct", "dns": "nsd", "tls": "haproxy"}
+BASE = {"tcp-bulk": "direct", "tcp-rr": "direct", "tcp-connect": "direct", "dns": "nsd", "tls": "haproxy",
+        "tls-bulk": "haproxy"}
+# Scenarios whose rate is bytes: Gbit/s and CPU seconds per GB.
+BULK = ("tcp-bulk", "tls-bulk")
 
 
 def aggregate(results):
@@ -95,7 +99,7 @@ def aggregate(results):
 
 
 def show_rate(scen, a):
-    if scen == "tcp-bulk":
+    if scen in BULK:
         return fmt(a["bytes_per_s"] * 8 / 1e9 if a.get("bytes_per_s") else None)
     return fmt(a["rate"])
 
@@ -140,10 +144,10 @@ def render_compare(c):
         for (t, p), a in sorted(rows.items(), key=lambda kv: (kv[0][1], order.index(kv[0][0]) if kv[0][0] in order else 99)):
             b = rows.get((base, p)) if base else None
             o = ours.get(p)
-            rate_of = (lambda x: x.get("bytes_per_s")) if scen == "tcp-bulk" else (lambda x: x.get("rate"))
+            rate_of = (lambda x: x.get("bytes_per_s")) if scen in BULK else (lambda x: x.get("rate"))
             errs = f" ({a['errors']:,} errors)" if a["errors"] else ""
             line = (f"| {t} | {p}{errs} | {show_rate(scen, a)} | {fmt(a['p50_us'])} | {fmt(a['p99_us'])} | "
-                    f"{fmt(a['per_unit'], 2 if scen == 'tcp-bulk' else None)} | {fmt(a['cpu_pct'])} | "
+                    f"{fmt(a['per_unit'], 2 if scen in BULK else None)} | {fmt(a['cpu_pct'])} | "
                     f"{fmt(a['runq_pct'])}{' (max ' + fmt(a['runq_max']) + ')' if a['runs'] > 1 and a.get('runq_max') is not None else ''}"
                     f"{' ⚠' if (a.get('runq_pct') or 0) > 5 else ''} | {fmt(a.get('gen_runq_pct'))}"
                     f"{' ⚠' if (a.get('gen_runq_pct') or 0) > 5 else ''} |")
@@ -202,10 +206,18 @@ def render_targets(agg, m):
         L.append(f"| DNS ≤ 4.0 µs CPU/query | {fmt(o['per_unit'])} | {verdict(o['per_unit'], 4.0, True)} |")
     o = find(agg, "tls", "ours"); h = find(agg, "tls", "haproxy")
     if o and h:
-        x = o["rate"] / h["rate"]
-        L.append(f"| TLS ≥ 1.5× HAProxy handshakes | {x:.2f}× | {verdict(x, 1.5, False)} |")
+        # Judged by CPU per handshake, as the issue asks on this 2-core machine: the generator
+        # (whose client side of a handshake costs more than the server's) saturates first.
+        x = h["per_unit"] / o["per_unit"] if o.get("per_unit") and h.get("per_unit") else None
+        r = o["rate"] / h["rate"]
+        shown = f"{x:.2f}× per CPU second (rate {r:.2f}×; target CPU {fmt(o['cpu_pct'])} %)" if x else "–"
+        L.append(f"| TLS ≥ 1.5× HAProxy handshakes | {shown} | {verdict(x, 1.5, False)} |")
     elif h:
         L.append(f"| TLS ≥ 1.5× HAProxy handshakes | HAProxy {fmt(h['rate'])}/s, {fmt(h['per_unit'])} µs CPU each | {m.get('tls_ours') or 'ours not measured'} |")
+    o = find(agg, "tls-bulk", "ours"); h = find(agg, "tls-bulk", "haproxy")
+    if o and h and o.get("bytes_per_s") and h.get("bytes_per_s"):
+        r = o["bytes_per_s"] / h["bytes_per_s"]
+        L.append(f"| TLS bulk ≥ HAProxy's | {r:.2f}× the rate, {fmt(o['per_unit'], 2)} vs {fmt(h['per_unit'], 2)} CPU s/GB | {verdict(r, 1.0, False)} |")
     o = find(agg, "api-register", "ours")
     if o:
         L.append(f"| API ≥ 20,000 durable registrations/s | {fmt(o['rate'])}/s | {verdict(o['rate'], 20000, False)} |")

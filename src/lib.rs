@@ -21,7 +21,8 @@
 //! - [`dns`]: the DNS responder (pure: query bytes + snapshot → answer bytes; the name forms
 //!   and EDNS Client Subnet) and its servers.
 //! - [`api`]: HTTP/1.1 request reader, routes and JSON for the registration API.
-//! - [`proxy`]: TCP forwarding (splice or copy) with connect retries.
+//! - [`proxy`]: TCP forwarding (splice or copy) with connect retries; the per-shard epoll set
+//!   (`proxy::reactor`) and non-blocking sockets (`proxy::sock`) that the proxy, TLS and API use.
 //! - [`tls`]: TLS on 8443: rustls termination, certificates by SNI, SNI routing, passthrough.
 //! - [`live`]: what SIGHUP changes without a restart (TCP route listeners, TLS routes), swapped
 //!   like the snapshot.

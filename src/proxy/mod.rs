@@ -16,6 +16,9 @@
 //!    keeps its hard-limit slot until it closes;
 //! 4. forwards both ways ([`forward`]), by `splice(2)` or by copying (`--splice`).
 //!
+//! Sockets are non-blocking [`Sock`]s waiting on the shard's epoll set ([`reactor`]), not
+//! glommio streams: see that module for why.
+//!
 //! Never blocks, never locks, never allocates per forwarded chunk.
 
 mod forward;
