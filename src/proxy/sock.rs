@@ -195,18 +195,7 @@ impl Acceptor {
     /// blocking `accept4` would stall the shard).
     pub fn new(listener: &impl AsRawFd) -> io::Result<Acceptor> {
         let fd = listener.as_raw_fd();
-        // SAFETY: plain fcntl calls on a descriptor the caller holds open.
-        unsafe {
-            let flags = libc::fcntl(fd, libc::F_GETFL);
-            if flags < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            if flags & libc::O_NONBLOCK == 0
-                && libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) < 0
-            {
-                return Err(io::Error::last_os_error());
-            }
-        }
+        super::splice::set_nonblocking(fd)?;
         Ok(Acceptor {
             reg: Registration::new_shared(fd, READ)?,
             fd,

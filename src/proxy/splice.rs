@@ -136,8 +136,8 @@ impl Pipe {
     }
 }
 
-/// Puts the socket `fd` in non-blocking mode, so that `splice` never sleeps on it. glommio's own
-/// reads and writes pass `MSG_DONTWAIT` and wait through io_uring polls, so they are unaffected.
+/// Puts the socket `fd` in non-blocking mode, so that `splice` (or `accept4`) never sleeps on
+/// it. A no-op on one that already is (the shard's own sockets are created non-blocking).
 pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
     // SAFETY: F_GETFL/F_SETFL only read and write the descriptor's status flags; an invalid fd
     // yields EBADF.
