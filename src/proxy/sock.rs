@@ -171,6 +171,45 @@ impl AsyncWrite for Sock {
         }
     }
 
+    /// One `sendmsg` for every buffer (up to `IOV_MAX`): rustls hands over a TLS flight as
+    /// one buffer per record, and a `send` each would put each record in its own segment and
+    /// wake the peer once per record.
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let bufs = &bufs[..bufs.len().min(1024)];
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        loop {
+            if this.reg.poll_ready(cx, WRITE).is_pending() {
+                return Poll::Pending;
+            }
+            // SAFETY: `IoSlice` is ABI-compatible with `iovec` on Unix; the kernel only reads
+            // the buffers; a zeroed `msghdr` has no address and no control data.
+            let n = unsafe {
+                let mut msg: libc::msghdr = std::mem::zeroed();
+                msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
+                msg.msg_iovlen = bufs.len() as _;
+                libc::sendmsg(this.fd.as_raw_fd(), &msg, libc::MSG_NOSIGNAL)
+            };
+            if n >= 0 {
+                let n = n as usize;
+                if n < total {
+                    this.reg.clear(WRITE);
+                }
+                return Poll::Ready(Ok(n));
+            }
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EAGAIN) => this.reg.clear(WRITE),
+                Some(libc::EINTR) => {}
+                _ => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
     fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
     }

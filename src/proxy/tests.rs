@@ -676,3 +676,27 @@ fn epoll_connect_fails_cleanly_and_succeeds() {
         assert_eq!(s.peer_addr(), addr);
     });
 }
+
+/// A vectored write goes out whole, in order (one `sendmsg`), as rustls's flights do.
+#[test]
+fn vectored_writes_keep_every_buffer_in_order() {
+    run(|| async {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut s = super::Sock::connect(l.local_addr().unwrap(), Duration::from_secs(2))
+            .await
+            .unwrap();
+        let (mut peer, _) = l.accept().unwrap();
+        let bufs = [
+            std::io::IoSlice::new(b"server-hello|"),
+            std::io::IoSlice::new(b""),
+            std::io::IoSlice::new(b"certificate|"),
+            std::io::IoSlice::new(b"finished"),
+        ];
+        let n = s.write_vectored(&bufs).await.unwrap();
+        assert_eq!(n, 33);
+        drop(s);
+        let mut got = Vec::new();
+        std::io::Read::read_to_end(&mut peer, &mut got).unwrap();
+        assert_eq!(got, b"server-hello|certificate|finished");
+    });
+}
