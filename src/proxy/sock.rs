@@ -102,35 +102,52 @@ impl AsRawFd for Sock {
     }
 }
 
+impl Sock {
+    /// The loop every operation shares: when `dir` may be ready, make the syscall `op` (its
+    /// return value, -1 and `errno` on failure); a result short of `want` means the socket was
+    /// drained (reading) or filled (writing), so the flag is cleared and the next operation
+    /// waits for an edge; `EAGAIN` clears it and waits at once.
+    fn poll_op(
+        &mut self,
+        cx: &mut Context<'_>,
+        dir: u8,
+        want: usize,
+        mut op: impl FnMut(RawFd) -> isize,
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            if self.reg.poll_ready(cx, dir).is_pending() {
+                return Poll::Pending;
+            }
+            let n = op(self.fd.as_raw_fd());
+            if n >= 0 {
+                let n = n as usize;
+                // A read of 0 is the end of stream, not an empty queue.
+                if n < want && !(dir == READ && n == 0) {
+                    self.reg.clear(dir);
+                }
+                return Poll::Ready(Ok(n));
+            }
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EAGAIN) => self.reg.clear(dir),
+                Some(libc::EINTR) => {}
+                _ => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
 impl AsyncRead for Sock {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        loop {
-            if this.reg.poll_ready(cx, READ).is_pending() {
-                return Poll::Pending;
-            }
-            // SAFETY: `buf` is valid for its length.
-            let n =
-                unsafe { libc::recv(this.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-            if n >= 0 {
-                let n = n as usize;
-                if n > 0 && n < buf.len() {
-                    // The queue was emptied: the next byte comes with an edge.
-                    this.reg.clear(READ);
-                }
-                return Poll::Ready(Ok(n));
-            }
-            let e = io::Error::last_os_error();
-            match e.raw_os_error() {
-                Some(libc::EAGAIN) => this.reg.clear(READ),
-                Some(libc::EINTR) => {}
-                _ => return Poll::Ready(Err(e)),
-            }
-        }
+        let len = buf.len();
+        // SAFETY: `buf` is valid for its length.
+        self.get_mut().poll_op(cx, READ, len, |fd| unsafe {
+            libc::recv(fd, buf.as_mut_ptr().cast(), len, 0)
+        })
     }
 }
 
@@ -140,35 +157,10 @@ impl AsyncWrite for Sock {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        loop {
-            if this.reg.poll_ready(cx, WRITE).is_pending() {
-                return Poll::Pending;
-            }
-            // SAFETY: `buf` is valid for its length.
-            let n = unsafe {
-                libc::send(
-                    this.fd.as_raw_fd(),
-                    buf.as_ptr().cast(),
-                    buf.len(),
-                    libc::MSG_NOSIGNAL,
-                )
-            };
-            if n >= 0 {
-                let n = n as usize;
-                if n < buf.len() {
-                    // The send buffer is full: room comes with an edge.
-                    this.reg.clear(WRITE);
-                }
-                return Poll::Ready(Ok(n));
-            }
-            let e = io::Error::last_os_error();
-            match e.raw_os_error() {
-                Some(libc::EAGAIN) => this.reg.clear(WRITE),
-                Some(libc::EINTR) => {}
-                _ => return Poll::Ready(Err(e)),
-            }
-        }
+        // SAFETY: `buf` is valid for its length.
+        self.get_mut().poll_op(cx, WRITE, buf.len(), |fd| unsafe {
+            libc::send(fd, buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL)
+        })
     }
 
     /// One `sendmsg` for every buffer (up to `IOV_MAX`): rustls hands over a TLS flight as
@@ -179,35 +171,16 @@ impl AsyncWrite for Sock {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
         let bufs = &bufs[..bufs.len().min(1024)];
         let total: usize = bufs.iter().map(|b| b.len()).sum();
-        loop {
-            if this.reg.poll_ready(cx, WRITE).is_pending() {
-                return Poll::Pending;
-            }
-            // SAFETY: `IoSlice` is ABI-compatible with `iovec` on Unix; the kernel only reads
-            // the buffers; a zeroed `msghdr` has no address and no control data.
-            let n = unsafe {
-                let mut msg: libc::msghdr = std::mem::zeroed();
-                msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
-                msg.msg_iovlen = bufs.len() as _;
-                libc::sendmsg(this.fd.as_raw_fd(), &msg, libc::MSG_NOSIGNAL)
-            };
-            if n >= 0 {
-                let n = n as usize;
-                if n < total {
-                    this.reg.clear(WRITE);
-                }
-                return Poll::Ready(Ok(n));
-            }
-            let e = io::Error::last_os_error();
-            match e.raw_os_error() {
-                Some(libc::EAGAIN) => this.reg.clear(WRITE),
-                Some(libc::EINTR) => {}
-                _ => return Poll::Ready(Err(e)),
-            }
-        }
+        // SAFETY: `IoSlice` is ABI-compatible with `iovec` on Unix; the kernel only reads the
+        // buffers; a zeroed `msghdr` has no address and no control data.
+        self.get_mut().poll_op(cx, WRITE, total, |fd| unsafe {
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
+            msg.msg_iovlen = bufs.len() as _;
+            libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL)
+        })
     }
 
     fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
