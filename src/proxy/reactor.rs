@@ -288,12 +288,6 @@ impl Registration {
         f(slot)
     }
 
-    /// Whether `dir` may be ready (an operation should be tried).
-    #[inline]
-    pub fn is_ready(&self, dir: u8) -> bool {
-        self.with(|s| s.ready & (dir | dir << CLOSED_SHIFT) != 0)
-    }
-
     /// Whether an end (hang-up or error) was seen for `dir`.
     #[inline]
     pub fn is_closed(&self, dir: u8) -> bool {
