@@ -106,6 +106,13 @@ fn root(h: &Hub) -> String {
         .to_string()
 }
 
+fn unix_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+}
+
 fn converged(hubs: &[&Hub]) -> bool {
     let r = root(hubs[0]);
     !r.is_empty() && hubs.iter().all(|h| root(h) == r)
@@ -313,6 +320,15 @@ fn a_partition_heals_into_identical_registries() {
     register(&t.a, "only-a", "a.pop", "10.50.1.2");
     register(&t.c, "only-c", "c.pop", "10.50.1.3");
     register(&t.a, "shared", "shared.pop", "10.50.1.4");
+    // "Later" for last-writer-wins is a later millisecond of the wall clock: two writes at two
+    // hubs within the same millisecond are ordered by logical counter and origin, the same way
+    // everywhere but not necessarily in real-time order. So C writes in the next millisecond
+    // (a wait on the clock itself, at most 1 ms; without it this failed about half the time
+    // in release builds).
+    let acked = unix_ms();
+    while unix_ms() <= acked {
+        std::hint::spin_loop();
+    }
     register(&t.c, "shared", "shared.pop", "10.50.1.5"); // later: wins
     assert_eq!(t.c.api("DELETE", "/api/v1/backends/doomed", None).0, 200);
     std::thread::sleep(Duration::from_millis(300)); // let the two sides drift (not a sync)
