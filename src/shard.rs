@@ -791,7 +791,7 @@ fn cluster_start(
         c.keys.len()
     );
     let mut seed = [0u8; 8];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed)
+    aws_lc_rs::rand::SecureRandom::fill(&aws_lc_rs::rand::SystemRandom::new(), &mut seed)
         .map_err(|_| StartError("cannot read random bytes for gossip".into()))?;
     let retry = c
         .foca_config()

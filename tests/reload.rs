@@ -137,7 +137,7 @@ fn sighup_adds_removes_and_repoints_tcp_routes_without_dropping_connections() {
 fn first_byte_for_sni(addr: std::net::SocketAddr, sni: &str) -> u8 {
     use rustls::pki_types::ServerName;
     use std::io::{Read, Write};
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cfg = rustls::ClientConfig::builder()
         .with_root_certificates(rustls::RootCertStore::empty())
         .with_no_client_auth();

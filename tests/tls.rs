@@ -52,12 +52,13 @@ impl Ca {
     fn client_alpn(&self, alpn: &[&str]) -> Arc<ClientConfig> {
         let mut roots = RootCertStore::empty();
         roots.add(self.cert.der().clone()).unwrap();
-        let mut cfg =
-            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_root_certificates(roots)
-                .with_no_client_auth();
+        let mut cfg = ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
         cfg.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
         Arc::new(cfg)
     }
@@ -343,7 +344,7 @@ fn tls_backend(pem: String) -> SocketAddr {
     let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(pem.as_bytes()).unwrap();
     let cfg = Arc::new(
         rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
+            rustls::crypto::aws_lc_rs::default_provider(),
         ))
         .with_safe_default_protocol_versions()
         .unwrap()
@@ -424,12 +425,13 @@ fn a_second_connection_resumes() {
 fn tls12_client(ca: &Ca, session_id_only: bool) -> Arc<ClientConfig> {
     let mut roots = RootCertStore::empty();
     roots.add(ca.cert.der().clone()).unwrap();
-    let mut cfg =
-        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_protocol_versions(&[&rustls::version::TLS12])
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+    let mut cfg = ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS12])
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
     if session_id_only {
         cfg.resumption = rustls::client::Resumption::in_memory_sessions(16)
             .tls12_resumption(rustls::client::Tls12Resumption::SessionIdOnly);
@@ -482,7 +484,7 @@ fn tls_backend_behind_proxy_v2(pem: String) -> SocketAddr {
     let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(pem.as_bytes()).unwrap();
     let cfg = Arc::new(
         rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
+            rustls::crypto::aws_lc_rs::default_provider(),
         ))
         .with_safe_default_protocol_versions()
         .unwrap()

@@ -2,7 +2,7 @@
 //! here before it is sent and opened here before anything else reads it.
 //!
 //! With a cluster key (`EDGEPROXY_CLUSTER_KEY`, base64 of 32 bytes) the payload is encrypted and
-//! authenticated with ChaCha20-Poly1305 (ring); the header travels in clear but is authenticated
+//! authenticated with ChaCha20-Poly1305 (aws-lc-rs); the header travels in clear but is authenticated
 //! as associated data. Several keys may be configured for rotation: the first seals, every one
 //! opens. Without a key the same header is sent with the payload in clear and no tag ("no key"
 //! mode, warned about at startup): a keyed node drops such datagrams, and a keyless node drops
@@ -27,8 +27,8 @@
 //!
 //! Pure: no socket, no clock of its own (the caller passes `now_ms`). Never panics on input.
 
+use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305, NONCE_LEN};
 use base64::Engine;
-use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305, NONCE_LEN};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -148,7 +148,7 @@ pub fn parse_keys(s: &str) -> Result<Vec<[u8; 32]>, String> {
 }
 
 fn fingerprint(domain: &[u8], bytes: &[u8]) -> u32 {
-    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
     ctx.update(domain);
     ctx.update(bytes);
     let d = ctx.finish();
@@ -157,7 +157,7 @@ fn fingerprint(domain: &[u8], bytes: &[u8]) -> u32 {
 }
 
 fn nonce_for(header: &[u8]) -> Nonce {
-    let d = ring::digest::digest(&ring::digest::SHA256, header);
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, header);
     let mut n = [0u8; NONCE_LEN];
     n.copy_from_slice(&d.as_ref()[..NONCE_LEN]);
     Nonce::assume_unique_for_key(n)

@@ -97,10 +97,10 @@ impl std::fmt::Debug for TlsShared {
     }
 }
 
-/// The one crypto provider of the process: `ring`, installed explicitly so nothing can pick
-/// another implicitly.
+/// The one crypto provider of the process: `aws-lc-rs`, installed explicitly so nothing can
+/// pick another implicitly.
 fn provider() -> Arc<CryptoProvider> {
-    let mut p = rustls::crypto::ring::default_provider();
+    let mut p = rustls::crypto::aws_lc_rs::default_provider();
     // AES-128-GCM with SHA-256 first, chosen over the client's order (below): as strong for
     // this use, and SHA-256 runs on the CPU's SHA extensions where ring's SHA-384 (the
     // default first suite's hash) does not; a handshake's transcript and key schedule hash
@@ -133,7 +133,7 @@ impl TlsShared {
         } else {
             log::info!("tls: certificates: {}", set.summary);
         }
-        let ticketer = rustls::crypto::ring::Ticketer::new()
+        let ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()
             .map_err(|e| certs::CertError(format!("cannot create the session ticket key: {e}")))?;
         Ok(Arc::new(TlsShared {
             certs: Arc::new(certs::Certs::new(set)),

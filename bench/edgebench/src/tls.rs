@@ -7,7 +7,7 @@
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::Resumption;
-use rustls::crypto::{ring, CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::crypto::{aws_lc_rs, CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
@@ -80,7 +80,7 @@ pub fn client_config(
     ca: Option<&PathBuf>,
     resume: bool,
 ) -> Result<Arc<ClientConfig>, String> {
-    let provider = Arc::new(ring::default_provider());
+    let provider = Arc::new(aws_lc_rs::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS setup: {e}"))?;
@@ -105,7 +105,7 @@ pub fn client_config(
 
 /// The provider the scenarios use, for callers that need one (tests building a server).
 pub fn provider() -> CryptoProvider {
-    ring::default_provider()
+    aws_lc_rs::default_provider()
 }
 
 #[cfg(test)]

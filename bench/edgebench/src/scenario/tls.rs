@@ -46,7 +46,7 @@ impl TlsPlan {
             "insecure": self.insecure,
             "resumption": self.resume,
             "size": if self.bulk { Some(self.size) } else { None },
-            "provider": "ring",
+            "provider": "aws-lc-rs",
         })
     }
 
