@@ -25,8 +25,17 @@ in_netns() {
     # In the new namespace (these sysctls are per namespace): connection-rate runs open
     # ~10,000 connections a second, more than the default ephemeral range holds in TIME_WAIT.
     # (Every port the benchmarks listen on is below 20000.)
+    # Congestion control: Linux's own default, cubic, unless CONGESTION names another
+    # (CONGESTION=system keeps the host's). A namespace inherits the host's choice, and this
+    # machine's is bbr, which without the fq qdisc paces every socket with timers: over
+    # loopback that idles the forwarding pipeline (TCP bulk through the hub 19 against 29-33
+    # Gbit/s with cubic, HAProxy alike; direct unchanged). See bench/README.md.
+    local cc="${CONGESTION:-cubic}"
+    [ "$cc" = system ] && cc=""
+    export CONGESTION_SET="$cc"
     exec unshare --net -- bash -c 'ip link set lo up &&
       sysctl -qw net.ipv4.ip_local_port_range="20000 65535" net.ipv4.tcp_tw_reuse=1 &&
+      { [ -z "$CONGESTION_SET" ] || sysctl -qw net.ipv4.tcp_congestion_control="$CONGESTION_SET"; } &&
       exec bash "$0" "$@"' "$BENCH_SCRIPT" "$@"
   fi
 }

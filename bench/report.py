@@ -114,7 +114,9 @@ def render_compare(c):
     agg = aggregate(c["results"])
     L = ["## Side by side (`bench/compare`)", "",
          f"Machine: {machine_line(m)}. Peers: HAProxy {m.get('haproxy')}, nginx {m.get('nginx')}, "
-         f"Knot {m.get('knot')}, NSD {m.get('nsd')}. {m.get('repeat')} run(s) of {m.get('dur')} s "
+         f"Knot {m.get('knot')}, NSD {m.get('nsd')}. TCP congestion control in the benchmark's "
+         f"namespace: {m.get('congestion') or 'not recorded (the host default)'}. "
+         f"{m.get('repeat')} run(s) of {m.get('dur')} s "
          f"(+{m.get('warm')} s warm-up) per target, interleaved; cells are medians over runs.", "",
          "Every target has core 0 to itself; edgebench and the backends share core 1. *CPU* is the "
          "target's utime+stime (process tree, all threads) over the measured window; *run-queue "
