@@ -460,6 +460,13 @@ pub struct Args {
     #[arg(long, env = "EDGEPROXY_SPLICE_PIPE_SIZE", default_value_t = 256 * 1024, value_parser = clap::value_parser!(u32).range(4096..=(64 << 20)))]
     pub splice_pipe_size: u32,
 
+    /// TCP congestion control of forwarded connections, both legs: set on the proxy, route and
+    /// TLS listeners (accepted clients inherit it) and on every connection to a backend
+    /// (TCP_CONGESTION). Unset: the system's (net.ipv4.tcp_congestion_control). Checked at
+    /// startup against what the kernel offers this user.
+    #[arg(long, env = "EDGEPROXY_TCP_CONGESTION", value_parser = parse_congestion)]
+    pub tcp_congestion: Option<String>,
+
     /// Listen backlog of the TCP listeners.
     #[arg(long, env = "EDGEPROXY_BACKLOG", default_value_t = 4096)]
     pub backlog: i32,
@@ -659,6 +666,24 @@ pub struct Args {
     pub legacy_binding_gc_interval_secs: Option<String>,
 }
 
+/// `--tcp-congestion`: a kernel congestion control name (TCP_CA_NAME_MAX is 16 with the NUL).
+fn parse_congestion(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.len() > 15 {
+        return Err(
+            "a congestion control name is 1 to 15 characters (e.g. cubic, bbr, reno)".into(),
+        );
+    }
+    if !s
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return Err(format!(
+            "{s:?} is not a congestion control name (letters, digits, '_' or '-'; e.g. cubic, bbr)"
+        ));
+    }
+    Ok(s.to_string())
+}
+
 /// A configuration error: one line for the operator, exit code 2.
 #[derive(Debug)]
 pub struct ConfigError(pub String);
@@ -708,6 +733,8 @@ pub struct Config {
     pub max_connections: usize,
     pub splice: SpliceMode,
     pub splice_pipe_size: usize,
+    /// `--tcp-congestion`: the algorithm's name, or `None` for the system's.
+    pub tcp_congestion: Option<String>,
     pub backlog: i32,
     pub api_max_connections: usize,
     pub api_request_timeout: Duration,
@@ -978,6 +1005,7 @@ impl Config {
             max_connections: args.max_connections,
             splice: args.splice,
             splice_pipe_size: args.splice_pipe_size as usize,
+            tcp_congestion: args.tcp_congestion,
             backlog: args.backlog,
             api_max_connections: args.api_max_connections,
             api_request_timeout: Duration::from_millis(args.api_request_timeout_ms.max(1)),
@@ -1020,6 +1048,15 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn congestion_names_are_checked_for_shape() {
+        assert_eq!(super::parse_congestion("bbr").unwrap(), "bbr");
+        assert_eq!(super::parse_congestion("dctcp").unwrap(), "dctcp");
+        for bad in ["", "a b", "cubic;rm", "x".repeat(16).as_str()] {
+            assert!(super::parse_congestion(bad).is_err(), "{bad:?}");
+        }
+    }
+
     use super::*;
 
     fn parse(args: &[&str]) -> Result<Config, String> {

@@ -195,12 +195,15 @@ impl Binder {
     }
 }
 
+/// Binds (or takes over) `n` listeners of one address. `congestion`: the forwarded listeners'
+/// `--tcp-congestion`, set on taken-over listeners too (what they accept from now on).
 fn bind_tcp_n(
     what: &str,
     kind: &str,
     addr: SocketAddr,
     n: usize,
     backlog: i32,
+    congestion: Option<&str>,
     binder: &mut Binder,
 ) -> Result<(SocketAddr, Vec<Socket>), StartError> {
     let first = match binder.take(kind, addr, 0) {
@@ -214,6 +217,13 @@ fn bind_tcp_n(
             Some(sock) => sock,
             None => tcp_listener(bound, backlog).map_err(|e| bind_error(what, bound, e))?,
         });
+    }
+    if let Some(name) = congestion {
+        for sock in &socks {
+            // Accepted sockets inherit a listener's congestion control.
+            crate::sys::set_tcp_congestion(std::os::fd::AsRawFd::as_raw_fd(sock), name)
+                .map_err(|e| StartError(format!("--tcp-congestion on {what} ({bound}): {e}")))?;
+        }
     }
     Ok((bound, socks))
 }
@@ -233,7 +243,15 @@ pub(crate) fn bind_route(
 > {
     let addr = SocketAddr::new(cfg.listen_addr.ip(), route.port);
     let what = format!("the TCP route for {}", route.app);
-    let (bound, socks) = bind_tcp_n(&what, ROUTE_KIND, addr, cfg.shards, cfg.backlog, binder)?;
+    let (bound, socks) = bind_tcp_n(
+        &what,
+        ROUTE_KIND,
+        addr,
+        cfg.shards,
+        cfg.backlog,
+        cfg.tcp_congestion.as_deref(),
+        binder,
+    )?;
     let mut dups = Vec::new();
     for (shard, sock) in socks.iter().enumerate() {
         if let Ok(dup) = sock.try_clone() {
@@ -321,6 +339,7 @@ fn bind_all(
         cfg.listen_addr,
         n,
         cfg.backlog,
+        cfg.tcp_congestion.as_deref(),
         binder,
     )?;
     for (s, sock) in shards.iter_mut().zip(socks) {
@@ -353,7 +372,15 @@ fn bind_all(
     let mut tls = None;
     let mut tls_passthrough = Vec::new();
     if let Some(addr) = cfg.tls.listen_addr {
-        let (bound, socks) = bind_tcp_n("TLS", "tls", addr, n, cfg.backlog, binder)?;
+        let (bound, socks) = bind_tcp_n(
+            "TLS",
+            "tls",
+            addr,
+            n,
+            cfg.backlog,
+            cfg.tcp_congestion.as_deref(),
+            binder,
+        )?;
         for (s, sock) in shards.iter_mut().zip(socks) {
             s.tls.push((sock, false));
         }
@@ -366,6 +393,7 @@ fn bind_all(
                 addr,
                 n,
                 cfg.backlog,
+                cfg.tcp_congestion.as_deref(),
                 binder,
             )?;
             for (s, sock) in shards.iter_mut().zip(socks) {
@@ -393,7 +421,7 @@ fn bind_all(
     }
     let api = match cfg.api_listen_addr {
         Some(addr) => {
-            let (bound, mut socks) = bind_tcp_n("the API", "api", addr, 1, 1024, binder)?;
+            let (bound, mut socks) = bind_tcp_n("the API", "api", addr, 1, 1024, None, binder)?;
             shards[0].api = socks.pop();
             Some(bound)
         }

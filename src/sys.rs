@@ -405,6 +405,66 @@ pub fn recv_fds(
 }
 
 /// Whether the process runs as root (effective uid 0).
+/// Sets a TCP socket's congestion control (`TCP_CONGESTION`). The error says what the kernel
+/// offers when the name is unknown or not allowed to this user.
+pub fn set_tcp_congestion(fd: std::os::fd::RawFd, name: &str) -> io::Result<()> {
+    // SAFETY: `name` is valid for `name.len()` bytes, which the kernel only reads.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_CONGESTION,
+            name.as_ptr().cast(),
+            name.len() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    let list = |what: &str| {
+        std::fs::read_to_string(format!("/proc/sys/net/ipv4/tcp_{what}_congestion_control"))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "?".into())
+    };
+    let why = match e.raw_os_error() {
+        Some(libc::ENOENT) => format!(
+            "the kernel has no congestion control {name:?} (available: {}; others may need \
+             `modprobe tcp_{name}`)",
+            list("available")
+        ),
+        Some(libc::EPERM) => format!(
+            "congestion control {name:?} is not allowed to this user (allowed: {}; \
+             net.ipv4.tcp_allowed_congestion_control, or run with CAP_NET_ADMIN)",
+            list("allowed")
+        ),
+        _ => format!("cannot set congestion control {name:?}: {e}"),
+    };
+    Err(io::Error::new(e.kind(), why))
+}
+
+/// A TCP socket's congestion control, as the kernel reports it.
+pub fn tcp_congestion(fd: std::os::fd::RawFd) -> io::Result<String> {
+    let mut buf = [0u8; 16];
+    let mut len = buf.len() as libc::socklen_t;
+    // SAFETY: `buf` is valid for `len` bytes, which the kernel writes at most.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_CONGESTION,
+            buf.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let b = &buf[..len as usize];
+    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    Ok(String::from_utf8_lossy(&b[..end]).into_owned())
+}
+
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
@@ -488,5 +548,26 @@ mod tests {
     fn at_least_one_cpu_is_allowed() {
         assert!(!super::allowed_cpus().is_empty());
         assert!(super::memlock_limit().unwrap() > 0);
+    }
+
+    #[test]
+    fn congestion_control_is_set_and_read_back_or_explained() {
+        use std::os::fd::AsRawFd;
+        let s = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let fd = s.as_raw_fd();
+        // reno is built into every Linux kernel.
+        super::set_tcp_congestion(fd, "reno").unwrap();
+        assert_eq!(super::tcp_congestion(fd).unwrap(), "reno");
+        let e = super::set_tcp_congestion(fd, "no_such_cc").unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("no congestion control \"no_such_cc\"") && msg.contains("reno"),
+            "{msg}"
+        );
+        assert_eq!(
+            super::tcp_congestion(fd).unwrap(),
+            "reno",
+            "a refusal changes nothing"
+        );
     }
 }

@@ -244,3 +244,53 @@ fn a_route_listener_reaches_only_its_app() {
     wait_connections_zero(&hub, "bulk1");
     assert_eq!(connections(&hub, "web1"), 0);
 }
+
+/// `ss -tniH` lines (state established) matching `filter`, or `None` without `ss`.
+fn ss(filter: &str) -> Option<String> {
+    let out = std::process::Command::new("ss")
+        .args(["-tniH", "state", "established", filter])
+        .output()
+        .ok()?;
+    Some(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+fn tcp_congestion_applies_to_both_legs() {
+    // An algorithm that is not the system's, so that the hub's setting is what shows.
+    let system =
+        std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control").unwrap_or_default();
+    let want = if system.trim() == "reno" {
+        "cubic"
+    } else {
+        "reno"
+    };
+    let hub = Hub::start(&[&format!("--tcp-congestion={want}")]);
+    let backend = TcpListener::bind("127.0.0.1:0").unwrap();
+    let bport = backend.local_addr().unwrap().port();
+    hub.register("cc-1", "cc.pop", "sa", "127.0.0.1", bport);
+    let mut client = connect(hub.proxy);
+    client.write_all(b"ping").unwrap();
+    let (mut server, _) = backend.accept().unwrap();
+    let mut got = [0u8; 4];
+    server.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"ping");
+    let Some(client_leg) = ss(&format!("sport = :{}", hub.proxy.port())) else {
+        eprintln!("skipped: no `ss` (iproute2) to read the hub's sockets");
+        return;
+    };
+    let backend_leg = ss(&format!("dport = :{bport}")).unwrap();
+    // The hub's accepted socket (inherited from its listener) and its socket to the backend.
+    for (leg, text) in [("client", &client_leg), ("backend", &backend_leg)] {
+        assert!(
+            text.lines()
+                .any(|l| l.split_whitespace().any(|w| w == want)),
+            "{leg} leg not {want}: {text}"
+        );
+    }
+    // The test's own sockets keep the system's.
+    let ours = ss(&format!("dport = :{}", hub.proxy.port())).unwrap();
+    assert!(
+        !ours.split_whitespace().any(|w| w == want),
+        "the client socket changed too: {ours}"
+    );
+}

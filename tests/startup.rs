@@ -172,3 +172,28 @@ fn one_log_line_per_listener() {
     assert_eq!(hub.routes.len(), 1);
     assert_eq!(hub.routes[0].1, "gru.pop");
 }
+
+#[test]
+fn an_unknown_congestion_control_is_one_line_and_exit_2() {
+    let out = run(
+        &[
+            EPHEMERAL[0],
+            EPHEMERAL[1],
+            EPHEMERAL[2],
+            "--tcp-congestion=no_such_cc",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("edgeproxy: "))
+        .expect(&err);
+    assert!(
+        line.contains("--tcp-congestion") && line.contains("no congestion control \"no_such_cc\""),
+        "{line}"
+    );
+    // The error lists what the kernel has (reno is always built in).
+    assert!(line.contains("reno"), "{line}");
+}

@@ -309,7 +309,7 @@ pub async fn connect_backend(
             backend.weight,
         );
         let addr = SocketAddr::new(backend.ip, backend.port);
-        match Sock::connect(addr, cfg.connect_timeout).await {
+        match Sock::connect(addr, cfg.connect_timeout, cfg.tcp_congestion.as_deref()).await {
             Ok(stream) => {
                 slot.backend.live.connect_succeeded(ctx.id);
                 let live = LiveConnection::new(slot, ctx.id);

@@ -32,14 +32,26 @@ impl Sock {
         Ok(Sock { reg, fd, peer })
     }
 
-    /// Connects to `addr` within `timeout`, with `TCP_NODELAY` set.
-    pub async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<Sock> {
+    /// Connects to `addr` within `timeout`, with `TCP_NODELAY` set and, if given, that
+    /// congestion control.
+    pub async fn connect(
+        addr: SocketAddr,
+        timeout: Duration,
+        congestion: Option<&str>,
+    ) -> io::Result<Sock> {
         let sock = Socket::new(
             Domain::for_address(addr),
             Type::STREAM.nonblocking().cloexec(),
             None,
         )?;
         sock.set_nodelay(true)?;
+        if let Some(name) = congestion {
+            // Checked at startup (the listeners set it first), so this fails only if the
+            // module went away since; the connection then uses the system's.
+            if let Err(e) = crate::sys::set_tcp_congestion(sock.as_raw_fd(), name) {
+                log::debug!("proxy: to {addr}: {e}");
+            }
+        }
         let pending = match sock.connect(&SockAddr::from(addr)) {
             Ok(()) => false,
             Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => true,

@@ -604,7 +604,7 @@ fn end_of_stream_right_after_the_last_bytes_is_seen() {
     run(|| async {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
-        let mut s = super::Sock::connect(addr, Duration::from_secs(2))
+        let mut s = super::Sock::connect(addr, Duration::from_secs(2), None)
             .await
             .unwrap();
         let (mut peer, _) = l.accept().unwrap();
@@ -658,13 +658,13 @@ fn a_dropped_epoll_accept_takes_no_connection() {
 #[test]
 fn epoll_connect_fails_cleanly_and_succeeds() {
     run(|| async {
-        let e = super::Sock::connect(refused_port(), Duration::from_secs(2))
+        let e = super::Sock::connect(refused_port(), Duration::from_secs(2), None)
             .await
             .err()
             .expect("refused");
         assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}");
         let addr = echo_backend("tag:");
-        let mut s = super::Sock::connect(addr, Duration::from_secs(2))
+        let mut s = super::Sock::connect(addr, Duration::from_secs(2), None)
             .await
             .unwrap();
         assert!(s.nodelay().unwrap());
@@ -682,7 +682,7 @@ fn epoll_connect_fails_cleanly_and_succeeds() {
 fn vectored_writes_keep_every_buffer_in_order() {
     run(|| async {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let mut s = super::Sock::connect(l.local_addr().unwrap(), Duration::from_secs(2))
+        let mut s = super::Sock::connect(l.local_addr().unwrap(), Duration::from_secs(2), None)
             .await
             .unwrap();
         let (mut peer, _) = l.accept().unwrap();
