@@ -164,6 +164,11 @@ def render_compare(c):
             L += ["", f"**{m['tls_ours']}**: only the HAProxy baseline was measured."]
         L.append("")
     L += render_targets(agg, m)
+    # Why a target is missed (profiles, experiments): kept by hand beside the figures, since a
+    # profile is not something a benchmark run can write.
+    why = os.path.join(HERE, "results", "compare-why.md")
+    if os.path.exists(why):
+        L += [open(why).read().rstrip(), ""]
     return L
 
 
@@ -338,7 +343,7 @@ def main():
     # Sections measured by other scripts (e.g. bench/cluster.py), kept as Markdown.
     results = os.path.join(HERE, "results")
     for name in sorted(os.listdir(results)):
-        if name.endswith(".md"):
+        if name.endswith(".md") and not name.startswith("compare"):
             L += [open(os.path.join(results, name)).read().rstrip(), ""]
     with open(a.out, "w") as f:
         f.write("\n".join(L).rstrip() + "\n")
