@@ -413,7 +413,7 @@ pub fn judge_congestion(
             check: check.into(),
             value: format!(
                 "{value}: bbr without fq paces with TCP timers (forwarding over loopback measured \
-                 35-45 % slower)"
+                 35-50 % slower)"
             ),
             recommended: Some("cubic, or bbr with fq".into()),
             fix: Some(
