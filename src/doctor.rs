@@ -431,6 +431,7 @@ fn probe_congestion(name: &str) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
     crate::sys::set_tcp_congestion(sock.as_raw_fd(), name)
+        .map_err(|e| crate::sys::explain_congestion_error(name, e))
 }
 
 /// Which transport a listener uses.

@@ -222,6 +222,7 @@ fn bind_tcp_n(
         for sock in &socks {
             // Accepted sockets inherit a listener's congestion control.
             crate::sys::set_tcp_congestion(std::os::fd::AsRawFd::as_raw_fd(sock), name)
+                .map_err(|e| crate::sys::explain_congestion_error(name, e))
                 .map_err(|e| StartError(format!("--tcp-congestion on {what} ({bound}): {e}")))?;
         }
     }

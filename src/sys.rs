@@ -405,8 +405,8 @@ pub fn recv_fds(
 }
 
 /// Whether the process runs as root (effective uid 0).
-/// Sets a TCP socket's congestion control (`TCP_CONGESTION`). The error says what the kernel
-/// offers when the name is unknown or not allowed to this user.
+/// Sets a TCP socket's congestion control (`TCP_CONGESTION`): one system call, no file read
+/// (shards call it). [`explain_congestion_error`] turns a failure into an operator's message.
 pub fn set_tcp_congestion(fd: std::os::fd::RawFd, name: &str) -> io::Result<()> {
     // SAFETY: `name` is valid for `name.len()` bytes, which the kernel only reads.
     let r = unsafe {
@@ -419,9 +419,15 @@ pub fn set_tcp_congestion(fd: std::os::fd::RawFd, name: &str) -> io::Result<()> 
         )
     };
     if r == 0 {
-        return Ok(());
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
-    let e = io::Error::last_os_error();
+}
+
+/// What the kernel offers, for a failed [`set_tcp_congestion`] of `name`. Reads `/proc/sys`:
+/// startup and `doctor` only, never a shard.
+pub fn explain_congestion_error(name: &str, e: io::Error) -> io::Error {
     let list = |what: &str| {
         std::fs::read_to_string(format!("/proc/sys/net/ipv4/tcp_{what}_congestion_control"))
             .map(|s| s.trim().to_string())
@@ -440,7 +446,7 @@ pub fn set_tcp_congestion(fd: std::os::fd::RawFd, name: &str) -> io::Result<()> 
         ),
         _ => format!("cannot set congestion control {name:?}: {e}"),
     };
-    Err(io::Error::new(e.kind(), why))
+    io::Error::new(e.kind(), why)
 }
 
 /// A TCP socket's congestion control, as the kernel reports it.
@@ -559,7 +565,7 @@ mod tests {
         super::set_tcp_congestion(fd, "reno").unwrap();
         assert_eq!(super::tcp_congestion(fd).unwrap(), "reno");
         let e = super::set_tcp_congestion(fd, "no_such_cc").unwrap_err();
-        let msg = e.to_string();
+        let msg = super::explain_congestion_error("no_such_cc", e).to_string();
         assert!(
             msg.contains("no congestion control \"no_such_cc\"") && msg.contains("reno"),
             "{msg}"
