@@ -27,6 +27,16 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).to_string()
 }
 
+/// The one `edgeproxy: ...` line of a run that must have stopped with exit 2.
+fn fatal_line(out: &Output) -> String {
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(out));
+    let err = stderr(out);
+    err.lines()
+        .find(|l| l.starts_with("edgeproxy: "))
+        .expect(&err)
+        .to_string()
+}
+
 const EPHEMERAL: [&str; 4] = [
     "--listen-addr=127.0.0.1:0",
     "--api-listen-addr=127.0.0.1:0",
@@ -41,12 +51,7 @@ fn port_in_use_is_one_line_and_exit_2() {
     let port = holder.local_addr().unwrap().port();
     let listen = format!("--listen-addr=127.0.0.1:{port}");
     let out = run(&[&listen, EPHEMERAL[1], EPHEMERAL[2], "--shards=2"], &[]);
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    let err = stderr(&out);
-    let line = err
-        .lines()
-        .find(|l| l.starts_with("edgeproxy: "))
-        .expect(&err);
+    let line = fatal_line(&out);
     assert!(
         line.contains("cannot bind the TCP proxy") && line.contains(&port.to_string()),
         "{line}"
@@ -184,12 +189,7 @@ fn an_unknown_congestion_control_is_one_line_and_exit_2() {
         ],
         &[],
     );
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    let err = stderr(&out);
-    let line = err
-        .lines()
-        .find(|l| l.starts_with("edgeproxy: "))
-        .expect(&err);
+    let line = fatal_line(&out);
     assert!(
         line.contains("--tcp-congestion") && line.contains("no congestion control \"no_such_cc\""),
         "{line}"
