@@ -257,9 +257,7 @@ pub fn judge_sysctl(s: &Sysctl, live: Result<String, io::Error>) -> Finding {
     }
 }
 
-fn read_sysctl(key: &str) -> io::Result<String> {
-    std::fs::read_to_string(format!("/proc/sys/{}", key.replace('.', "/")))
-}
+use crate::sys::read_sysctl;
 
 fn limit_text(v: u64) -> String {
     if v == libc::RLIM_INFINITY {
@@ -563,11 +561,11 @@ pub fn examine(cfg: &Config) -> Vec<Finding> {
         configured,
         configured.map_or(Ok(()), probe_congestion),
         read_sysctl("net.ipv4.tcp_congestion_control")
-            .map_or("?".into(), |s| s.trim().to_string())
-            .as_str(),
+            .as_deref()
+            .unwrap_or("?"),
         read_sysctl("net.core.default_qdisc")
-            .map_or("?".into(), |s| s.trim().to_string())
-            .as_str(),
+            .as_deref()
+            .unwrap_or("?"),
     ));
     for (what, addr, proto) in listeners(cfg) {
         let result = if addr.port() == 0 {

@@ -429,8 +429,7 @@ pub fn set_tcp_congestion(fd: std::os::fd::RawFd, name: &str) -> io::Result<()> 
 /// startup and `doctor` only, never a shard.
 pub fn explain_congestion_error(name: &str, e: io::Error) -> io::Error {
     let list = |what: &str| {
-        std::fs::read_to_string(format!("/proc/sys/net/ipv4/tcp_{what}_congestion_control"))
-            .map(|s| s.trim().to_string())
+        read_sysctl(&format!("net.ipv4.tcp_{what}_congestion_control"))
             .unwrap_or_else(|_| "?".into())
     };
     let why = match e.raw_os_error() {
@@ -449,26 +448,11 @@ pub fn explain_congestion_error(name: &str, e: io::Error) -> io::Error {
     io::Error::new(e.kind(), why)
 }
 
-/// A TCP socket's congestion control, as the kernel reports it.
-pub fn tcp_congestion(fd: std::os::fd::RawFd) -> io::Result<String> {
-    let mut buf = [0u8; 16];
-    let mut len = buf.len() as libc::socklen_t;
-    // SAFETY: `buf` is valid for `len` bytes, which the kernel writes at most.
-    let r = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_CONGESTION,
-            buf.as_mut_ptr().cast(),
-            &mut len,
-        )
-    };
-    if r != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let b = &buf[..len as usize];
-    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
-    Ok(String::from_utf8_lossy(&b[..end]).into_owned())
+/// A sysctl's value (`net.core.somaxconn` reads `/proc/sys/net/core/somaxconn`), trimmed.
+/// A file read: startup, reloads and `doctor` only, never a shard.
+pub fn read_sysctl(key: &str) -> io::Result<String> {
+    std::fs::read_to_string(format!("/proc/sys/{}", key.replace('.', "/")))
+        .map(|s| s.trim().to_string())
 }
 
 pub fn is_root() -> bool {
@@ -556,6 +540,28 @@ mod tests {
         assert!(super::memlock_limit().unwrap() > 0);
     }
 
+    /// A TCP socket's congestion control, as the kernel reports it.
+    fn tcp_congestion(fd: std::os::fd::RawFd) -> std::io::Result<String> {
+        let mut buf = [0u8; 16];
+        let mut len = buf.len() as libc::socklen_t;
+        // SAFETY: `buf` is valid for `len` bytes, which the kernel writes at most.
+        let r = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_CONGESTION,
+                buf.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        if r != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let b = &buf[..len as usize];
+        let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+        Ok(String::from_utf8_lossy(&b[..end]).into_owned())
+    }
+
     #[test]
     fn congestion_control_is_set_and_read_back_or_explained() {
         use std::os::fd::AsRawFd;
@@ -563,7 +569,7 @@ mod tests {
         let fd = s.as_raw_fd();
         // reno is built into every Linux kernel.
         super::set_tcp_congestion(fd, "reno").unwrap();
-        assert_eq!(super::tcp_congestion(fd).unwrap(), "reno");
+        assert_eq!(tcp_congestion(fd).unwrap(), "reno");
         let e = super::set_tcp_congestion(fd, "no_such_cc").unwrap_err();
         let msg = super::explain_congestion_error("no_such_cc", e).to_string();
         assert!(
@@ -571,7 +577,7 @@ mod tests {
             "{msg}"
         );
         assert_eq!(
-            super::tcp_congestion(fd).unwrap(),
+            tcp_congestion(fd).unwrap(),
             "reno",
             "a refusal changes nothing"
         );
